@@ -1,0 +1,21 @@
+"""Training: one trainer, pluggable methods (registry), demo models on the built-in data."""
+
+from .demo import DEMO_PRESETS, demo_model
+from .methods import Method, Standard, available_methods, get_method, register_method
+from .trainer import Callback, TrainConfig, Trainer, TrainResult, evaluate_accuracy, train_model
+
+__all__ = [
+    "DEMO_PRESETS",
+    "Callback",
+    "Method",
+    "Standard",
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
+    "available_methods",
+    "demo_model",
+    "evaluate_accuracy",
+    "get_method",
+    "register_method",
+    "train_model",
+]
