@@ -10,7 +10,7 @@ import importlib
 
 import typer
 
-COMMAND_MODULES = ["data", "train", "margins", "run"]
+COMMAND_MODULES = ["data", "train", "margins", "run", "consistency"]
 
 app = typer.Typer(
     name="marginkit",

@@ -52,7 +52,7 @@ def load_dataset(spec: str, classes: Sequence[int | str] | None = None, seed: in
     """
     kind, sep, path = spec.partition(":")
     if not sep and spec.endswith(".npz"):
-        kind, path = "npz", spec
+        kind, sep, path = "npz", ":", spec
     if kind in BUILTIN and not sep:
         ds = BUILTIN[kind](seed=seed, **kwargs)
     elif kind in _FILE_KINDS and sep:

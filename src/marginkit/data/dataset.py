@@ -121,7 +121,7 @@ def select_classes(ds: Dataset, classes: Sequence[int | str]) -> Dataset:
 
 
 def stratified_split(y: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic stratified train/test indices (sorted), the same for the same labels and seed."""
+    """Deterministic stratified train/test indices in shuffled order, the same for the same labels and seed."""
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
     rng = np.random.default_rng(seed)
@@ -132,4 +132,5 @@ def stratified_split(y: np.ndarray, test_fraction: float, seed: int) -> tuple[np
         n_test = int(round(len(members) * test_fraction))
         test.append(members[:n_test])
         train.append(members[n_test:])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+    # Shuffled (not sorted) so that the first k samples of a split are a representative, class-mixed subset.
+    return rng.permutation(np.concatenate(train)), rng.permutation(np.concatenate(test))

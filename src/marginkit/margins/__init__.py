@@ -26,3 +26,7 @@ __all__ = [
     "output_margins",
     "pairwise_gaps",
 ]
+
+from .table import INPUT_MARGIN_MODES, is_affine, margin_table  # noqa: E402
+
+__all__ += ["INPUT_MARGIN_MODES", "is_affine", "margin_table"]

@@ -253,7 +253,7 @@ def _solve_one(w, g, lo, hi, norm, linprog, cp) -> float:
         if np.isfinite(lo).all():
             cons += [d >= lo, d <= hi]
         prob = cp.Problem(cp.Minimize(cp.sum_squares(d)), cons)
-        prob.solve(solver=cp.CLARABEL)
+        prob.solve(solver=cp.CLARABEL, tol_gap_abs=1e-10, tol_gap_rel=1e-10, tol_feas=1e-10)
         if prob.status in ("infeasible", "infeasible_inaccurate"):
             return float("inf")
         return float(np.linalg.norm(d.value))

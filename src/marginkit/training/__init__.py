@@ -3,14 +3,20 @@
 from .demo import DEMO_PRESETS, demo_model
 from .methods import Method, Standard, available_methods, get_method, register_method
 from .trainer import Callback, TrainConfig, Trainer, TrainResult, evaluate_accuracy, train_model
+from .adversarial import PGDTraining, Trades  # registers "pgd" and "trades"
+from .regularizers import AverageMarginRegularizer, LipschitzRegularizer  # registers "amr" and "lcr"
 
 __all__ = [
+    "AverageMarginRegularizer",
+    "LipschitzRegularizer",
     "DEMO_PRESETS",
     "Callback",
     "Method",
+    "PGDTraining",
     "Standard",
     "TrainConfig",
     "TrainResult",
+    "Trades",
     "Trainer",
     "available_methods",
     "demo_model",

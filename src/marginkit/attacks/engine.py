@@ -1,0 +1,333 @@
+"""The input-margin engine: per-sample upper bounds on d_in(x) from minimal-norm attacks.
+
+``input_margin`` returns, for every sample, the norm of the best verified adversarial point ever queried
+(an upper bound on the margin d_in of the margin-consistency paper, eq. 1), the class it flips to, the
+work spent and a status. The default ``method="auto"`` schedule:
+
+1. linearise the boundary to every other class at x_0 and keep the ``topk`` nearest classes (box-exact
+   linearised distance; DeepFool / FAB first step);
+2. targeted boundary projection (:mod:`.fab`) on each (sample, class) row;
+3. boundary refinement (:mod:`.refine`): line search to the boundary along the segment to x_0, an exact
+   projection of x_0 onto the linearised boundary there, and a second line search;
+4. the adaptive-ball method (:mod:`.ball`) started from the best point;
+5. only on samples where the two methods disagree (the ball improved the projection result by more than
+   ``agree_rtol``): further rounds of targeted projection from the new best point towards the class it
+   reaches, refinement and ball steps, until they agree or the round limit / budget is reached.
+
+The result is the per-sample minimum over everything queried. A sample that no method flips gets an
+upper bound of ``inf`` and status ``"failed"`` (never 0, never the clean input). Every reported point is
+re-checked at the end with a plain forward pass (with the margin of safety of :mod:`._oracle`).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..checks import MarginkitWarning, check_inputs, check_labels, check_logits, check_model_mode, looks_like_probabilities, model_device
+from ..norms import Norm, as_norm
+from ._oracle import Best, Oracle, is_flipped
+from .ball import ball_rows
+from .fab import fab_rows, first_step_targets
+from .refine import line_search, project_from_origin
+
+__all__ = ["InputMarginResult", "input_margin", "METHODS"]
+
+METHODS = ("auto", "fab", "ball")
+_CODES = {0: "fab", 1: "ball", 2: "line-search", 3: "projection", 4: "fab"}
+
+
+@dataclass
+class InputMarginResult:
+    """Per-sample input-margin upper bounds (see :func:`input_margin`).
+
+    ``upper``: (N,) float64 norm of the best verified adversarial, ``inf`` where the attack failed and 0
+    for samples already misclassified w.r.t. given labels. ``target``: (N,) class the adversarial is
+    classified as (-1 when failed). ``passes``: (N,) forward + backward passes spent per sample.
+    ``status``: "found" | "failed" | "misclassified". ``seconds``: (N,) wall time per sample (its
+    batch's time divided evenly). ``method``: the stage that produced each best point.
+    """
+
+    upper: torch.Tensor
+    target: torch.Tensor
+    passes: torch.Tensor
+    status: list[str]
+    seconds: torch.Tensor
+    norm: Norm
+    labels: torch.Tensor
+    method: list[str]
+    forwards: torch.Tensor
+    backwards: torch.Tensor
+    total_seconds: float
+    stopped: str | None = None
+    adversarial: torch.Tensor | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def success_rate(self) -> float:
+        return float(np.mean([s != "failed" for s in self.status])) if self.status else float("nan")
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """The input-margin columns of the per-sample results table (:data:`marginkit.results.COLUMNS`)."""
+        return {
+            "input_margin_upper": self.upper.detach().cpu().numpy().astype(np.float64),
+            "norm": np.array([str(self.norm)] * len(self.status), dtype=object),
+            "method": np.array([f"marginkit-{self.settings.get('method', 'auto')}:{m}" if m else "" for m in self.method], dtype=object),
+            "status": np.array(self.status, dtype=object),
+            "seconds": self.seconds.detach().cpu().numpy().astype(np.float64),
+            "adversarial_class": self.target.detach().cpu().numpy().astype(np.int64),
+            "passes": self.passes.detach().cpu().numpy().astype(np.int64),
+        }
+
+
+def _default_batch(n_features: int, rows_per_sample: int) -> int:
+    # ~16 live (rows, D) float32 buffers per row in the projection steps; stay near 256 MiB of them.
+    per_sample = max(1, rows_per_sample) * max(1, n_features) * 4 * 16
+    return int(max(1, min(512, (256 * 2**20) // per_sample)))
+
+
+def input_margin(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    norm: Norm | str = "l2",
+    *,
+    bounds: tuple[float, float] = (0.0, 1.0),
+    method: str = "auto",
+    budget: int | None = None,
+    max_seconds: float | None = None,
+    seed: int = 0,
+    target: torch.Tensor | None = None,
+    topk: int = 3,
+    fab_steps: int = 40,
+    ball_steps: int = 100,
+    extra_rounds: int = 2,
+    agree_rtol: float = 1e-3,
+    refine: bool = True,
+    return_adv: bool = False,
+    batch_size: int | None = None,
+    max_rows: int = 1024,
+    progress: bool = False,
+) -> InputMarginResult:
+    """Upper bounds on the minimal l_p perturbation d_in(x) that changes the decision, per sample.
+
+    ``labels`` None: the margin of the model's own decision (reference = prediction); given: the margin
+    w.r.t. the true label (samples already misclassified get 0 and status ``"misclassified"``).
+    ``target`` (N,) asks for the smallest perturbation classified as that class instead (targeted margin).
+    ``budget``: forward + backward passes allowed per sample; ``max_seconds``: wall-clock limit for the
+    whole call. Either limit returns the best points found so far (``stopped`` says which limit hit).
+    ``topk``: runner-up classes attacked by boundary projection; ``method``: ``"auto"`` (see the module
+    docstring), ``"fab"`` (targeted projection + refinement) or ``"ball"`` (adaptive ball + refinement).
+    Deterministic: the algorithm draws no random numbers, so ``seed`` is recorded but does not change
+    results (kept so that randomised options stay reproducible and results tables record it).
+    """
+    t_start = time.perf_counter()
+    norm = as_norm(norm)
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if budget is not None and budget < 2:
+        raise ValueError(f"budget must allow at least one forward and one backward pass per sample, got {budget}")
+    if topk < 1:
+        raise ValueError(f"topk must be >= 1, got {topk}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_inputs(inputs)
+    lo_b, hi_b = float(bounds[0]), float(bounds[1])
+    if not lo_b < hi_b:
+        raise ValueError(f"bounds must satisfy lower < upper, got {bounds}")
+    check_model_mode(model)
+    device = model_device(model)
+    x_all = inputs.detach().to(device)
+    n = x_all.shape[0]
+    shape = tuple(x_all.shape[1:])
+    flat = x_all.reshape(n, -1)
+    outside = (flat < lo_b) | (flat > hi_b)
+    if outside.any():
+        warnings.warn(f"{int(outside.any(1).sum())} input(s) lie outside the bounds [{lo_b}, {hi_b}] "
+                      f"(values in [{float(flat.min()):.4g}, {float(flat.max()):.4g}]); the box was widened to contain them. "
+                      "Rescale the inputs or pass bounds=... if this is not intended.", MarginkitWarning, stacklevel=2)
+    with torch.no_grad():
+        try:
+            probe = model(x_all[:1])
+        except Exception as exc:  # the model decides what shapes it accepts; say which shape it got
+            raise ValueError(f"the model could not process inputs of shape {tuple(x_all.shape)}: {exc}") from exc
+    check_logits(probe, 1)
+    num_classes = probe.shape[1]
+    if labels is not None:
+        labels = check_labels(labels, n, num_classes).to(device)
+    if target is not None:
+        target = check_labels(target, n, num_classes, name="target").to(device)
+
+    deadline = None if max_seconds is None else t_start + float(max_seconds)
+    rows_per = num_classes - 1 if method in ("auto", "fab") else 1
+    chunk = batch_size or _default_batch(flat.shape[1], rows_per)
+    settings = {"method": method, "norm": str(norm), "bounds": [lo_b, hi_b], "budget": budget, "max_seconds": max_seconds,
+                "seed": seed, "topk": topk, "fab_steps": fab_steps, "ball_steps": ball_steps, "extra_rounds": extra_rounds,
+                "agree_rtol": agree_rtol, "refine": refine, "targeted": target is not None, "reference": "prediction" if labels is None else "labels"}
+
+    upper = torch.full((n,), float("inf"), dtype=torch.float64)
+    tgt_out = torch.full((n,), -1, dtype=torch.long)
+    fwd = torch.zeros(n, dtype=torch.long)
+    bwd = torch.zeros(n, dtype=torch.long)
+    secs = torch.zeros(n, dtype=torch.float64)
+    refs = torch.zeros(n, dtype=torch.long)
+    status: list[str] = ["failed"] * n
+    meth: list[str] = [""] * n
+    adv = flat.detach().cpu().clone() if return_adv else None
+    stopped = None
+    warned_prob = False
+    zero_grads = nonfinite = 0
+
+    starts = range(0, n, chunk)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc=f"input margins ({norm})", unit="batch")
+    for s in starts:
+        t0 = time.perf_counter()
+        sl = slice(s, min(s + chunk, n))
+        x0 = flat[sl]
+        m = x0.shape[0]
+        oracle = Oracle(model, shape, m, device, budget, deadline, max_rows)
+        box_lo = torch.minimum(torch.full_like(x0, lo_b), x0)
+        box_hi = torch.maximum(torch.full_like(x0, hi_b), x0)
+        everyone = torch.arange(m, device=device)
+        clean = oracle.logits(x0, everyone)
+        check_logits(clean, m)
+        if not warned_prob and looks_like_probabilities(clean):
+            warned_prob = True
+            warnings.warn("the model outputs look like probabilities (non-negative rows summing to 1); input margins "
+                          "need logits: remove the final softmax (its saturation hides gradients)", MarginkitWarning, stacklevel=2)
+        pred = clean.argmax(1)
+        ref = pred if labels is None else labels[sl]
+        tg = None if target is None else target[sl]
+        best = Best(x0, ref, norm, tg)
+        mis = pred != ref
+        if tg is not None:
+            mis = mis | (tg == ref)
+        todo = everyone[~mis]
+        if todo.numel():
+            _run(method, oracle, best, todo, clean, box_lo, box_hi, norm, num_classes, tg,
+                 topk=topk, fab_steps=fab_steps, ball_steps=ball_steps, extra_rounds=extra_rounds,
+                 agree_rtol=agree_rtol, refine=refine)
+        # Re-check every reported point with one plain forward pass.
+        found = best.found.clone()
+        if found.any():
+            idx = found.nonzero().squeeze(1)
+            with torch.no_grad():
+                z = torch.cat([model(c.reshape(-1, *shape)) for c in best.x[idx].split(max_rows)])
+            ok = is_flipped(z, ref[idx], None if tg is None else tg[idx])
+            bad = idx[~ok]
+            best.value[bad] = float("inf")
+            best.cls[bad] = -1
+            found[bad] = False
+            best.cls[idx[ok]] = z[ok].argmax(1)
+        zero_grads += oracle.zero_grad_rows
+        nonfinite += oracle.nonfinite_rows
+        oracle.zero_grad_rows = oracle.nonfinite_rows = 0
+        val = best.value.cpu()
+        cls = best.cls.cpu()
+        val[mis.cpu()] = 0.0
+        cls[mis.cpu()] = pred[mis].cpu()
+        upper[sl] = val
+        tgt_out[sl] = cls
+        fwd[sl] = oracle.forwards.cpu()
+        bwd[sl] = oracle.backwards.cpu()
+        refs[sl] = ref.cpu()
+        codes = best.code.cpu().tolist()
+        mis_l = mis.cpu().tolist()
+        fnd = found.cpu().tolist()
+        for i in range(m):  # bookkeeping strings only, not a hot path
+            status[s + i] = "misclassified" if mis_l[i] else ("found" if fnd[i] else "failed")
+            meth[s + i] = "clean" if mis_l[i] else (_CODES.get(codes[i], "") if fnd[i] else "")
+        if adv is not None:
+            # failed samples get NaN rows, never the clean input; misclassified ones are their own adversarial
+            keep = torch.where(mis[:, None], x0, torch.full_like(x0, float("nan")))
+            adv[sl] = torch.where(found[:, None], best.x, keep).cpu()
+        secs[sl] = (time.perf_counter() - t0) / m
+        if oracle.out_of_time():
+            stopped = "max_seconds"
+            if sl.stop < n:
+                # the remaining samples were never attacked: they stay failed with zero work
+                break
+    if budget is not None and stopped is None and bool(((fwd + bwd) >= budget - 1).any()):
+        stopped = "budget"
+    if zero_grads or nonfinite:
+        _o = Oracle(model, shape, 1, device, None, None, 1)
+        _o.zero_grad_rows, _o.nonfinite_rows = zero_grads, nonfinite
+        _o.warn_if_degenerate()
+    adversarial = None
+    if adv is not None:
+        adversarial = adv.reshape(n, *shape)
+    return InputMarginResult(upper=upper, target=tgt_out, passes=fwd + bwd, status=status, seconds=secs, norm=norm,
+                             labels=refs, method=meth, forwards=fwd, backwards=bwd,
+                             total_seconds=time.perf_counter() - t_start, stopped=stopped, adversarial=adversarial,
+                             settings=settings)
+
+
+def _polish(oracle: Oracle, best: Best, samples: torch.Tensor, clean: torch.Tensor, box_lo, box_hi, norm: Norm) -> None:
+    line_search(oracle, best, samples, clean)
+    project_from_origin(oracle, best, samples, box_lo, box_hi, norm)
+    line_search(oracle, best, samples, clean)
+
+
+def _run(method: str, oracle: Oracle, best: Best, todo: torch.Tensor, clean: torch.Tensor, box_lo, box_hi, norm: Norm,
+         num_classes: int, target: torch.Tensor | None, *, topk: int, fab_steps: int, ball_steps: int,
+         extra_rounds: int, agree_rtol: float, refine: bool) -> None:
+    x0 = best.x0
+    aim_all = torch.full_like(todo, -1) if target is None else target[todo]
+    if method in ("auto", "fab"):
+        if target is None:
+            sub = Best(x0[todo], best.ref[todo], norm)
+            owner_l, aim, start = first_step_targets(oracle_view(oracle, todo), sub, box_lo[todo], box_hi[todo], norm, num_classes, topk)
+            owner = todo[owner_l]
+        else:
+            owner, aim, start = todo, target[todo], x0[todo].clone()
+        fab_rows(oracle, best, owner, aim, start, box_lo, box_hi, norm, steps=fab_steps, code=0)
+        if refine:
+            _polish(oracle, best, todo, clean, box_lo, box_hi, norm)
+    if method == "fab":
+        return
+    before = best.value.clone()
+    delta = torch.where(best.found[todo][:, None], best.x[todo] - x0[todo], torch.zeros_like(x0[todo]))
+    ball_rows(oracle, best, todo, aim_all, delta, box_lo, box_hi, norm, steps=ball_steps, code=1)
+    if refine:
+        _polish(oracle, best, todo, clean, box_lo, box_hi, norm)
+    if method == "ball":
+        return
+    for _ in range(extra_rounds):
+        # Disagreement: the ball found a clearly smaller point than projection (or projection had none).
+        gain = (before[todo] - best.value[todo]) > agree_rtol * best.value[todo]
+        redo = todo[gain & best.found[todo]]
+        if redo.numel() == 0 or oracle.out_of_time():
+            break
+        before = best.value.clone()
+        aim = best.cls[redo] if target is None else target[redo]
+        fab_rows(oracle, best, redo, aim, best.x[redo].clone(), box_lo, box_hi, norm, steps=fab_steps, code=4)
+        _polish(oracle, best, redo, clean, box_lo, box_hi, norm)
+        delta = best.x[redo] - x0[redo]
+        ball_rows(oracle, best, redo, torch.full_like(redo, -1) if target is None else target[redo], delta,
+                  box_lo, box_hi, norm, steps=ball_steps // 2, code=1)
+        _polish(oracle, best, redo, clean, box_lo, box_hi, norm)
+
+
+class oracle_view:  # noqa: N801 - a thin adapter, used like a function
+    """The oracle seen through a subset of its samples (row owners are local indices into ``samples``)."""
+
+    def __init__(self, oracle: Oracle, samples: torch.Tensor) -> None:
+        self.o, self.samples = oracle, samples
+
+    def can_afford(self, owner, cost):
+        return self.o.can_afford(self.samples[owner], cost)
+
+    def value_and_grad(self, x, owner, ref, aim):
+        return self.o.value_and_grad(x, self.samples[owner], ref, aim)
+
+    def out_of_time(self):
+        return self.o.out_of_time()

@@ -1,0 +1,172 @@
+"""``marginkit consistency``: margin consistency of a model (seed paper Table 1, Algorithm 1, Figs. 2/9).
+
+Takes a model and a dataset (the per-sample table with input margins is computed, resumably, in
+``OUT/table``) or an existing per-sample table, and writes ``metrics.json``, ``report.md`` and PNG plots.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import typer
+
+from ._common import console, friendly_errors, parse_classes, parse_params
+
+
+def _floats(text: str | None, what: str) -> list[float] | None:
+    if not text:
+        return None
+    vals = []
+    try:
+        for t in (p.strip() for p in text.split(",")):
+            if t:
+                num, sep, den = t.partition("/")
+                vals.append(float(num) / float(den) if sep else float(num))
+    except (ValueError, ZeroDivisionError) as exc:
+        raise typer.BadParameter(f"{what}: expected comma-separated numbers such as 0.1,0.2 or 8/255, got {text!r}") from exc
+    return vals
+
+
+def _ints(text: str, what: str) -> list[int]:
+    try:
+        return [int(t) for t in (p.strip() for p in text.split(",")) if t]
+    except ValueError as exc:
+        raise typer.BadParameter(f"{what}: expected comma-separated integers, got {text!r}") from exc
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("consistency")
+    @friendly_errors
+    def consistency_cmd(
+        eps: str = typer.Option(..., help="robustness threshold eps (a number or a fraction such as 8/255)"),
+        model: str = typer.Option(None, help="checkpoint, TorchScript file or package.module:factory"),
+        weights: str = typer.Option(None, help="state dict for a module:factory model"),
+        table: str = typer.Option(None, help="existing per-sample results directory (instead of computing one)"),
+        dataset: str = typer.Option("mnist5k", help="dataset name or file spec"),
+        classes: str = typer.Option(None, help="keep only these classes, e.g. 3,7 (must match the model)"),
+        split: str = typer.Option("test", help="split to evaluate: train | test"),
+        limit: int = typer.Option(None, help="only the first N samples of the split"),
+        norm: str = typer.Option("l2", help="l1 | l2 | linf"),
+        eps_grid: str = typer.Option(None, help="eps values of the AUROC sweep, e.g. 2/255,4/255,8/255 (default: eps x 1/4..4)"),
+        subset_sizes: str = typer.Option("100,500", help="Algorithm 1 subset sizes"),
+        repeats: int = typer.Option(10, help="random subsets per Algorithm 1 subset size"),
+        bootstrap: int = typer.Option(1000, help="bootstrap resamples for the tau / rho confidence intervals (0: none)"),
+        pseudo_train: int = typer.Option(0, help="fit a pseudo-margin on the input margins of the first N training samples (0: no)"),
+        pseudo_source: str = typer.Option("features", help="pseudo-margin input: features | logits"),
+        pseudo_epochs: int = typer.Option(200, help="pseudo-margin training epochs (early stopping on validation MSE)"),
+        isometry: int = typer.Option(0, help="local-isometry check (Fig. 6) on the first N evaluated samples (0: no)"),
+        attack_param: list[str] = typer.Option(None, "--attack-param", help="input-margin engine option key=value (repeatable)"),
+        seed: int = typer.Option(0, help="seed of the split, attacks, subsets and bootstrap"),
+        out: str = typer.Option(..., help="output directory"),
+        overwrite: bool = typer.Option(False, help="recompute tables in --out instead of resuming them"),
+    ) -> None:
+        """Kendall tau, non-robust detection (AUROC/AUPR/FPR@95), eps sweep and Algorithm 1; JSON + Markdown + PNG."""
+        import torch
+
+        from marginkit.consistency import evaluate_consistency
+        from marginkit.norms import as_norm
+        from marginkit.report.consistency_plots import write_consistency_plots
+        from marginkit.results import atomic_write_text, library_versions, read_results
+
+        from .margins import compute_table
+
+        eps_vals = _floats(eps, "--eps")
+        if not eps_vals or len(eps_vals) != 1:
+            raise typer.BadParameter("--eps takes one value")
+        eps_v = eps_vals[0]
+        grid = _floats(eps_grid, "--eps-grid")
+        sizes = _ints(subset_sizes, "--subset-sizes")
+        attack_options = parse_params(attack_param)
+        if (model is None) == (table is None):
+            raise ValueError("give exactly one of --model (compute the table) or --table (read an existing one)")
+        os.makedirs(out, exist_ok=True)
+        t_start = time.perf_counter()
+        mdl = None
+        settings: dict = {}
+        if table is not None:
+            df, meta = read_results(table)
+            settings = {"table": os.path.abspath(table), "table_settings": meta.get("settings", {})}
+            model_ref = settings["table_settings"].get("model")
+        else:
+            from marginkit.models.checkpoint import load_model
+
+            table_dir = os.path.join(out, "table")
+            df, settings = compute_table(model, weights, dataset, classes, split, as_norm(norm).value, "auto", limit, seed,
+                                         table_dir, overwrite, attack_options)
+            settings = {"table": os.path.abspath(table_dir), "table_settings": settings}
+            model_ref = model
+            mdl, _ = load_model(model, weights)
+        tnorm = str(df["norm"].iloc[0]) if len(df) and "norm" in df else as_norm(norm).value
+        if table is not None and tnorm != as_norm(norm).value:
+            console.print(f"note: the table was computed in {tnorm}; using that norm")
+        extra_scores: dict = {}
+        extras: dict = {}
+        x_eval = None
+        if mdl is not None and (pseudo_train > 0 or isometry > 0):
+            from marginkit.data import load_dataset
+
+            ds = load_dataset(dataset, classes=parse_classes(classes), seed=seed)
+            x_split, _ = ds.split(split)
+            x_eval = x_split[torch.as_tensor(df["index"].to_numpy())]
+        if pseudo_train > 0:
+            if mdl is None:
+                raise ValueError("--pseudo-train needs --model (the pseudo-margin reads the model's representation)")
+            from marginkit.consistency import PseudoMargin, PseudoMarginConfig, compare_scores
+
+            tr_dir = os.path.join(out, "train_table")
+            console.print(f"pseudo-margin: input margins of {pseudo_train} training samples -> {tr_dir}")
+            tr_df, _ = compute_table(model, weights, dataset, classes, "train", tnorm, "auto", pseudo_train, seed,
+                                     tr_dir, overwrite, attack_options)
+            ok = tr_df["input_margin_upper"].notna().to_numpy()
+            x_train, _ = ds.split("train")
+            x_tr = x_train[torch.as_tensor(tr_df["index"].to_numpy()[ok])]
+            cfg = PseudoMarginConfig(source=pseudo_source, epochs=pseudo_epochs, seed=seed)
+            pm = PseudoMargin.fit_model(mdl, x_tr, tr_df["input_margin_upper"].to_numpy()[ok], cfg, progress=True)
+            pm.save(os.path.join(out, "pseudo_margin.pt"))
+            pseudo = pm.score(mdl, x_eval).double().cpu().numpy()
+            extra_scores["pseudo-margin"] = pseudo
+            keep = df["input_margin_upper"].notna().to_numpy()
+            comp = compare_scores({"logit margin": df["logit_margin"].to_numpy()[keep], "pseudo-margin": pseudo[keep]},
+                                  df["input_margin_upper"].to_numpy()[keep], eps_v)
+            extras["pseudo_margin"] = {"file": "pseudo_margin.pt", "n_train_total": int(ok.sum()), "source": cfg.source,
+                                       "hidden": list(cfg.hidden), "transform": cfg.transform,
+                                       "best_val_mse": pm.info.get("best_val_mse"), "epochs_run": pm.info.get("epochs_run"),
+                                       "comparison": comp}
+        report = evaluate_consistency(df, eps_v, norm=tnorm, eps_grid=grid, extra_scores=extra_scores,
+                                      subset_sizes=sizes, repeats=repeats, n_resamples=bootstrap, seed=seed)
+        report.extras.update(extras)
+        if mdl is not None:
+            from marginkit.consistency import head_equidistance
+
+            try:
+                eq = head_equidistance(mdl, tnorm)
+                report.extras["equidistance"] = {"pairs": int(eq.distances.numel()), "median": eq.median, "iqr": eq.iqr,
+                                                 "relative_iqr": eq.relative_iqr}
+            except TypeError as exc:
+                report.extras["equidistance"] = {"message": str(exc)}
+        iso = None
+        if isometry > 0:
+            if mdl is None:
+                raise ValueError("--isometry needs --model")
+            from marginkit.attacks import input_margin  # type: ignore[attr-defined]
+            from marginkit.consistency import local_isometry
+
+            xi = x_eval[:isometry]
+            console.print(f"local isometry: attacking {xi.shape[0]} samples again to keep their adversarial examples")
+            res = input_margin(mdl, xi, None, tnorm, bounds=ds.bounds, return_adv=True, seed=seed, **attack_options)
+            valid = torch.isfinite(res.upper) & (res.upper > 0)
+            iso = local_isometry(mdl, xi, res.adversarial, tnorm, valid=valid)
+            report.extras["isometry"] = iso.to_dict()
+        report.extras["plots"] = write_consistency_plots(report, out, iso)
+        report.settings.update({"source": settings, "model": model_ref, "versions": library_versions(),
+                                "seconds_total": round(time.perf_counter() - t_start, 2)})
+        atomic_write_text(os.path.join(out, "metrics.json"), json.dumps(report.to_dict(), indent=2))
+        title = f"Margin consistency of {os.path.basename(str(model_ref)) if model_ref else 'table'} ({tnorm}, eps={eps_v:.6g})"
+        atomic_write_text(os.path.join(out, "report.md"), report.to_markdown(title))
+        row = report.table1_row("logit_margin")
+        fmt = (lambda v: "n/a" if v is None else f"{v:.2f}")
+        typer.echo(f"tau {fmt(row['kendall_tau'])}  AUROC {fmt(row['auroc'])}  AUPR(AP) {fmt(row['aupr_ap'])}  "
+                   f"FPR@95 {fmt(row['fpr95'])}  acc {row['accuracy']:.2f}  rob.acc {row['robust_accuracy']:.2f}  "
+                   f"-> {os.path.join(out, 'report.md')}")
