@@ -120,3 +120,14 @@ def test_load_model_errors(tmp_path):
     torch.save({"weights": torch.zeros(2)}, tmp_path / "plain.pt")
     with pytest.raises(ValueError, match="not a marginkit checkpoint"):
         load_checkpoint(tmp_path / "plain.pt")
+
+
+def test_load_model_torch_export_program(tmp_path):
+    model = build_model(ModelSpec("mlp", (4,), 2, hidden=3), seed=0)
+    x = torch.rand(2, 4)
+    path = tmp_path / "m.pt2"
+    torch.export.save(torch.export.export(model, (x,)), str(path))
+    loaded, info = load_model(str(path))
+    torch.testing.assert_close(loaded(x), model(x))
+    assert info.metadata["kind"] == "torch.export"
+

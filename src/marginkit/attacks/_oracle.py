@@ -22,7 +22,7 @@ from torch import nn
 from ..checks import MarginkitWarning
 
 # Relative margin of safety of the flip test: gap > SAFETY * max(1, max_j |z_j|).
-SAFETY = 1e-5
+SAFETY = 2e-6
 
 
 def flip_gap(logits: torch.Tensor, ref: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:

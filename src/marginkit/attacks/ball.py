@@ -23,11 +23,12 @@ from ._oracle import Best, Oracle, cosine
 
 def ball_rows(oracle: Oracle, best: Best, owner: torch.Tensor, aim: torch.Tensor, delta: torch.Tensor,
               box_lo: torch.Tensor, box_hi: torch.Tensor, norm: Norm, *, steps: int, alpha: float = 1.0,
-              gamma: float = 0.05, code: int = 1) -> torch.Tensor:
+              gamma: float = 0.05, patience: int = 20, code: int = 1) -> torch.Tensor:
     """Run the adaptive-ball attack on rows (sample ``owner[r]``) from perturbation ``delta``.
 
     ``aim`` -1 attacks every wrong class (max over them), >= 0 one class. Step sizes are relative to
-    eps (``alpha`` at the start, alpha/100 at the end). Returns the final perturbations.
+    eps (``alpha`` at the start, alpha/100 at the end). A row stops after ``patience`` steps in which its
+    sample's best did not improve by more than 1e-4 (relative). Returns the final perturbations.
     """
     x0 = best.x0[owner]
     ref = best.ref[owner]
@@ -35,16 +36,20 @@ def ball_rows(oracle: Oracle, best: Best, owner: torch.Tensor, aim: torch.Tensor
     delta = delta.clone()
     b0 = best.value[owner].to(delta.dtype)
     eps = torch.where(torch.isfinite(b0), b0, batch_norm(delta, norm))
+    stall = torch.zeros(owner.shape[0], dtype=torch.long, device=owner.device)
     for t in range(steps):
         if oracle.out_of_time():
             break
-        rows = torch.arange(owner.shape[0], device=owner.device)
-        rows = rows[oracle.can_afford(owner, 2)]
+        rows = torch.arange(owner.shape[0], device=owner.device)[stall < patience]
+        rows = rows[oracle.can_afford(owner[rows], 2)]
         if rows.numel() == 0:
             break
         o, d = owner[rows], delta[rows]
         z, g, w = oracle.value_and_grad(x0[rows] + d, o, ref[rows], aim[rows])
+        prev = best.value[o].clone()
         flipped = best.offer(o, x0[rows] + d, z, code)
+        gained = (best.value[o] < prev * (1 - 1e-4)) | ~torch.isfinite(prev)
+        stall[rows] = torch.where(gained, torch.zeros_like(stall[rows]), stall[rows] + 1)
         gam = cosine(t, steps, gamma, gamma / 10)
         step = cosine(t, steps, alpha, alpha / 100)
         n = batch_norm(d, norm)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from ..margins.affine import _solve_halfspace
-from ..norms import Norm
+from ..norms import Norm, batch_norm
 from ._oracle import Best, Oracle
 
 
@@ -35,26 +35,33 @@ def project_linearised(w: torch.Tensor, g: torch.Tensor, at: torch.Tensor, base:
 
 def fab_rows(oracle: Oracle, best: Best, owner: torch.Tensor, aim: torch.Tensor, start: torch.Tensor,
              box_lo: torch.Tensor, box_hi: torch.Tensor, norm: Norm, *, steps: int, alpha_max: float = 0.1,
-             eta: float = 1.05, beta: float = 0.9, code: int = 0) -> torch.Tensor:
+             eta: float = 1.05, beta: float = 0.9, patience: int = 5, code: int = 0) -> torch.Tensor:
     """Run targeted FAB on rows (sample ``owner[r]``, class ``aim[r]``) from ``start`` for ``steps`` steps.
 
     One forward and one backward pass per row and step; rows stop when their sample's budget or the
-    deadline runs out. Returns the final iterates.
+    deadline runs out, or after ``patience`` steps without improving the row's best adversarial by
+    more than 1e-4 (relative) once it has one. Returns the final iterates.
     """
     x0 = best.x0[owner]
     ref = best.ref[owner]
     lo, hi = box_lo[owner], box_hi[owner]
     xk = start.clone()
+    row_best = torch.full((owner.shape[0],), float("inf"), dtype=torch.float64, device=owner.device)
+    stall = torch.zeros(owner.shape[0], dtype=torch.long, device=owner.device)
     for _ in range(steps):
         if oracle.out_of_time():
             break
-        rows = torch.arange(owner.shape[0], device=owner.device)
-        rows = rows[oracle.can_afford(owner, 2)]
+        rows = torch.arange(owner.shape[0], device=owner.device)[stall < patience]
+        rows = rows[oracle.can_afford(owner[rows], 2)]
         if rows.numel() == 0:
             break
         o, xs, x0s = owner[rows], xk[rows], x0[rows]
         z, g, w = oracle.value_and_grad(xs, o, ref[rows], aim[rows])
         flipped = best.offer(o, xs, z, code)
+        value = torch.where(flipped, batch_norm(xs - x0s, norm).double(), torch.full_like(row_best[rows], float("inf")))
+        improved = value < row_best[rows] * (1 - 1e-4)
+        stall[rows] = torch.where(improved | ~torch.isfinite(row_best[rows]) & ~flipped, torch.zeros_like(stall[rows]), stall[rows] + 1)
+        row_best[rows] = torch.minimum(row_best[rows], value)
         # FAB's pull-back: an adversarial iterate restarts from a point closer to x_0 (beta of the way).
         p = torch.where(flipped[:, None], x0s + beta * (xs - x0s), xs)
         np_, dp = project_linearised(w, g, xs, p, lo[rows], hi[rows], norm)

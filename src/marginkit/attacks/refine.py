@@ -68,17 +68,22 @@ def line_search(oracle: Oracle, best: Best, samples: torch.Tensor, clean_logits:
 
 
 def project_from_origin(oracle: Oracle, best: Best, samples: torch.Tensor, box_lo: torch.Tensor, box_hi: torch.Tensor,
-                        norm: Norm, *, overshoot: float = 1e-3, code: int = 3) -> None:
+                        norm: Norm, *, overshoots: tuple[float, ...] = (1e-5, 1e-3), code: int = 3) -> None:
     """One exact linearised projection of x_0 towards the class each best point reaches (see module docstring)."""
     samples = samples[best.found[samples]]
-    samples = samples[oracle.can_afford(samples, 3)]
+    samples = samples[oracle.can_afford(samples, 2 + len(overshoots))]
     if samples.numel() == 0 or oracle.out_of_time():
         return
     xb = best.x[samples]
     aim = best.cls[samples] if best.target is None else best.target[samples]
     z, g, w = oracle.value_and_grad(xb, samples, best.ref[samples], aim)
     x0 = best.x0[samples]
-    _, d = project_linearised(w, g, xb, x0, box_lo[samples], box_hi[samples], norm)
-    cand = torch.minimum(torch.maximum(x0 + (1 + overshoot) * d, box_lo[samples]), box_hi[samples])
-    zc = oracle.logits(cand, samples)
-    best.offer(samples, cand, zc, code)
+    # Overshoot the gap (not the step): the target stays the exact box-constrained minimiser of a slightly
+    # shifted hyperplane, so on an affine model the candidate is exact up to the flip-test safety margin.
+    scale = z.abs().amax(1).clamp_min(1.0)
+    for rel in overshoots:
+        shift = 3 * SAFETY * scale + rel * (g.abs() + (w * (xb - x0)).sum(1).abs())
+        _, d = project_linearised(w, g - shift, xb, x0, box_lo[samples], box_hi[samples], norm)
+        cand = torch.minimum(torch.maximum(x0 + d, box_lo[samples]), box_hi[samples])
+        zc = oracle.logits(cand, samples)
+        best.offer(samples, cand, zc, code)

@@ -109,7 +109,7 @@ def register(app: typer.Typer) -> None:
 
             ds = load_dataset(dataset, classes=parse_classes(classes), seed=seed)
             x_split, _ = ds.split(split)
-            x_eval = x_split[torch.as_tensor(df["index"].to_numpy())]
+            x_eval = x_split[torch.as_tensor(df["index"].to_numpy(dtype="int64", copy=True))]
         if pseudo_train > 0:
             if mdl is None:
                 raise ValueError("--pseudo-train needs --model (the pseudo-margin reads the model's representation)")
@@ -121,7 +121,7 @@ def register(app: typer.Typer) -> None:
                                      tr_dir, overwrite, attack_options)
             ok = tr_df["input_margin_upper"].notna().to_numpy()
             x_train, _ = ds.split("train")
-            x_tr = x_train[torch.as_tensor(tr_df["index"].to_numpy()[ok])]
+            x_tr = x_train[torch.as_tensor(tr_df["index"].to_numpy(dtype="int64", copy=True)[ok])]
             cfg = PseudoMarginConfig(source=pseudo_source, epochs=pseudo_epochs, seed=seed)
             pm = PseudoMargin.fit_model(mdl, x_tr, tr_df["input_margin_upper"].to_numpy()[ok], cfg, progress=True)
             pm.save(os.path.join(out, "pseudo_margin.pt"))

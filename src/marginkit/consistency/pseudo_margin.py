@@ -170,7 +170,7 @@ class PseudoMargin:
                 loss = loss_fn(net(x[b]).squeeze(1), y[b])
                 loss.backward()
                 opt.step()
-                total += float(loss) * len(b)
+                total += float(loss.detach()) * len(b)
             net.eval()
             with torch.no_grad():
                 val = float(loss_fn(net(x[val_idx.to(dev)]).squeeze(1), y[val_idx.to(dev)]))

@@ -102,6 +102,7 @@ def margin_table(
         xb, yb = inputs[pos], labels[pos]
         t0 = time.perf_counter()
         om = output_margins(model, xb, None, norm)
+        check_labels(yb, len(pos), om.logits.shape[1])  # a dataset with more classes than the model is an error
         rows = empty_columns(len(pos))
         rows["index"] = idx_all[pos]
         rows["label"] = yb.cpu().numpy()

@@ -6,7 +6,7 @@ fingerprint, accuracy, library versions).
 
 User models come as
 * a marginkit checkpoint (``*.pt`` written by :func:`save_checkpoint`),
-* a TorchScript file (``torch.jit.save``),
+* a TorchScript file (``torch.jit.save``) or a ``torch.export`` program (``*.pt2``),
 * ``"package.module:factory"`` plus an optional state-dict file: ``factory()`` builds the model.
 """
 
@@ -106,6 +106,12 @@ def load_model(ref: str, weights: str | os.PathLike | None = None, map_location:
     if os.path.exists(ref):
         if weights is not None:
             raise ValueError("weights=... goes with a 'module:factory' reference, not with a file")
+        if ref.endswith(".pt2"):
+            try:
+                program = torch.export.load(ref)
+            except Exception as exc:
+                raise ValueError(f"{ref} is not a loadable torch.export program: {exc}") from exc
+            return program.module(), Checkpoint(ref, None, {"kind": "torch.export"})
         try:
             payload_is_ckpt = not _is_torchscript(ref)
         except OSError as exc:

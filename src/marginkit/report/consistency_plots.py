@@ -81,12 +81,14 @@ def plot_detection_curves(report: Any, path: str) -> str:
 def plot_auroc_vs_eps(report: Any, path: str) -> str:
     """Appendix B.2 / Fig. 9: AUROC of each score against eps (undefined eps are left out)."""
     plt = _plt()
+    series = [(r.name, [(m.eps, m.auroc) for m in r.sweep if m.defined]) for r in report.scores.values()]
+    series = [(name, pts) for name, pts in series if pts]
+    if not series:
+        raise ValueError("AUROC is undefined at every eps of the sweep")
     fig, ax = plt.subplots(figsize=(5, 3.8))
-    for r in report.scores.values():
-        pts = [(m.eps, m.auroc) for m in r.sweep if m.defined]
-        if pts:
-            e, a = zip(*pts)
-            ax.plot(e, a, "o-", label=r.name)
+    for name, pts in series:
+        e, a = zip(*pts)
+        ax.plot(e, a, "o-", label=name)
     ax.set_xlabel(f"eps ({report.norm})")
     ax.set_ylabel("AUROC")
     ax.set_ylim(0.0, 1.02)

@@ -5,8 +5,21 @@ from .methods import Method, Standard, available_methods, get_method, register_m
 from .trainer import Callback, TrainConfig, Trainer, TrainResult, evaluate_accuracy, train_model
 from .adversarial import PGDTraining, Trades  # registers "pgd" and "trades"
 from .regularizers import AverageMarginRegularizer, LipschitzRegularizer  # registers "amr" and "lcr"
+from .presets import PRESETS, Preset, get_preset, train_preset
+from .dynamics import MarginTracker, estimate_margins, linear_margin_dynamics, lipschitz_margin
+from .evaluation import RobustAccuracy, robust_accuracy
 
 __all__ = [
+    "MarginTracker",
+    "PRESETS",
+    "Preset",
+    "RobustAccuracy",
+    "estimate_margins",
+    "get_preset",
+    "linear_margin_dynamics",
+    "lipschitz_margin",
+    "robust_accuracy",
+    "train_preset",
     "AverageMarginRegularizer",
     "LipschitzRegularizer",
     "DEMO_PRESETS",
