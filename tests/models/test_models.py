@@ -84,6 +84,7 @@ def test_checkpoint_reloads_by_path_alone(tmp_path):
     assert not loaded.training
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # TorchScript is deprecated in torch 2.13 but still what users bring
 def test_load_model_torchscript_and_factory(tmp_path, monkeypatch):
     model = build_model(ModelSpec("mlp", (4,), 2, hidden=3), seed=0)
     ts = tmp_path / "m.ts"

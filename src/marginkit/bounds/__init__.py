@@ -12,11 +12,11 @@ from .collisions import (CollisionResult, find_collisions, linear_closed_form, p
 from .extractors import AffineStage, FeatureChain, analysis_layers, feature_chain
 from .graph import (BoundCurves, ConflictGraph, PairBudgets, bound_curves, conflict_graph, cross_entropy_bound,
                     zero_one_bound)
-from .layerwise import LayerwiseResult, compare_layerwise, layerwise_bounds
+from .layerwise import LayerwiseResult, balanced_subset, compare_layerwise, layerwise_bounds
 
 __all__ = [
     "AffineStage", "BoundCurves", "CollisionResult", "ConflictGraph", "FeatureChain", "LayerwiseResult",
-    "PairBudgets", "all_pairs", "analysis_layers", "bound_curves", "compare_layerwise", "conflict_graph",
+    "PairBudgets", "all_pairs", "balanced_subset", "analysis_layers", "bound_curves", "compare_layerwise", "conflict_graph",
     "cross_entropy_bound", "feature_chain", "find_collisions", "layerwise_bounds", "linear_closed_form",
     "pair_budgets", "pairwise_input_budgets", "row_basis", "verify_collisions", "zero_one_bound",
 ]

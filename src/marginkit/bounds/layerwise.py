@@ -23,7 +23,7 @@ from .budgets import pair_budgets
 from .extractors import analysis_layers, feature_chain
 from .graph import PairBudgets, bound_curves
 
-__all__ = ["LayerwiseResult", "layerwise_bounds", "compare_layerwise"]
+__all__ = ["LayerwiseResult", "layerwise_bounds", "compare_layerwise", "balanced_subset"]
 
 
 @dataclass
@@ -41,6 +41,22 @@ class LayerwiseResult:
         import pandas as pd
 
         return pd.DataFrame(self.rows)
+
+
+def balanced_subset(labels: torch.Tensor, per_class: int, seed: int = 0) -> torch.Tensor:
+    """Indices of ``per_class`` points of every class, drawn without replacement from a seeded permutation
+    (the vertex set of the conflict graph: the paper uses a fixed number of training points per class)."""
+    if per_class < 1:
+        raise ValueError(f"per_class must be >= 1, got {per_class}")
+    g = torch.Generator().manual_seed(seed)
+    labels = labels.detach().cpu()
+    out = []
+    for c in torch.unique(labels):
+        idx = torch.nonzero(labels == c).ravel()
+        if len(idx) < per_class:
+            raise ValueError(f"class {int(c)} has only {len(idx)} points, fewer than per_class={per_class}")
+        out.append(idx[torch.randperm(len(idx), generator=g)[:per_class]])
+    return torch.sort(torch.cat(out)).values
 
 
 def layerwise_bounds(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, norm: str = "l2",

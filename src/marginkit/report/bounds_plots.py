@@ -1,0 +1,42 @@
+"""Plots of layer-wise lower bounds (fixed-feature-extractor paper Figs. 3/4, 8/9): bound against eps,
+one line per layer, one panel per model. PNG via matplotlib Agg."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+__all__ = ["plot_layerwise_bounds"]
+
+
+def plot_layerwise_bounds(rows: Sequence[dict] | Any, path: str, loss: str = "cross_entropy") -> str:
+    """Plot ``loss`` ("cross_entropy" or "zero_one") against eps for every (model, layer) of a
+    :class:`marginkit.bounds.LayerwiseResult` table (``rows`` or its DataFrame); returns ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
+    if loss not in ("cross_entropy", "zero_one"):
+        raise ValueError(f"loss must be 'cross_entropy' or 'zero_one', got {loss!r}")
+    if df.empty:
+        raise ValueError("no bounds to plot")
+    models = list(dict.fromkeys(df["model"]))
+    fig, axes = plt.subplots(1, len(models), figsize=(4.6 * len(models), 3.8), squeeze=False, sharey=True)
+    for ax, name in zip(axes[0], models):
+        sub = df[df["model"] == name]
+        for layer in sorted(dict.fromkeys(sub["layer"]), key=lambda l: int(sub[sub["layer"] == l]["depth"].iloc[0])):
+            part = sub[sub["layer"] == layer].sort_values("eps")
+            ax.plot(part["eps"], part[loss], marker="o", ms=3, label=layer)
+        ax.set_title(str(name))
+        ax.set_xlabel("eps (adversarial budget)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("lower bound on robust " + ("cross-entropy (nats)" if loss == "cross_entropy" else "0-1 loss"))
+    axes[0][-1].legend(title="layer", fontsize=8)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
