@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from ..results.provenance import atomic_write_text
+from .plotting import pyplot, save_figure
 
 __all__ = ["summarize_table", "write_summary", "MARGIN_COLUMNS"]
 
@@ -76,11 +77,7 @@ def _markdown(summary: Mapping[str, Any], title: str, settings: Mapping[str, Any
 
 def plot_histograms(df: pd.DataFrame, path: str) -> str:
     """Histograms of each available margin column, correct and misclassified samples overlaid."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     cols = [c for c in MARGIN_COLUMNS if c in df and np.isfinite(df[c].to_numpy(dtype=float)).any()]
     fig, axes = plt.subplots(1, max(len(cols), 1), figsize=(4.5 * max(len(cols), 1), 3.4), squeeze=False)
     correct = (df["label"] == df["prediction"]).to_numpy()
@@ -94,11 +91,7 @@ def plot_histograms(df: pd.DataFrame, path: str) -> str:
         ax.set_xlabel(MARGIN_COLUMNS[col])
         ax.set_ylabel("samples")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_summary(df: pd.DataFrame, out_dir: str, title: str = "marginkit summary",

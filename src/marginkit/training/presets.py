@@ -44,15 +44,15 @@ PRESETS: dict[str, Preset] = {
     "paper-mnist-cnn-lcr": Preset("lcr", _LCR, {**_SGD, "epochs": 200}, "cnn", _CNN, "Table 1 MNIST CNN, LCR"),
     "paper-mnist-cnn-amr": Preset("amr", _AMR_CNN, {**_SGD, "epochs": 200}, "cnn", _CNN, "Table 1 MNIST CNN, AMR"),
     "paper-mnist-mlp-pgd": Preset("pgd", _PGD_PAPER, {**_SGD, "epochs": 200}, "mlp", _MLP, "Table 2 'Adv' (PGD-AT)"),
-    "cpu-mnist-mlp-std": Preset("standard", {}, {**_SGD, "epochs": 40}, "mlp", _MLP, "paper-mnist-mlp-std, 40 epochs"),
-    "cpu-mnist-mlp-lcr": Preset("lcr", _LCR, {**_SGD, "epochs": 40}, "mlp", _MLP, "paper-mnist-mlp-lcr, 40 epochs"),
-    "cpu-mnist-mlp-amr": Preset("amr", _AMR_MLP, {**_SGD, "epochs": 40}, "mlp", _MLP, "paper-mnist-mlp-amr, 40 epochs"),
-    "cpu-mnist-cnn-std": Preset("standard", {}, {**_SGD, "epochs": 15}, "cnn", _CNN_CPU, "small CNN, 15 epochs"),
-    "cpu-mnist-cnn-lcr": Preset("lcr", _LCR, {**_SGD, "epochs": 15}, "cnn", _CNN_CPU, "small CNN, 15 epochs"),
-    "cpu-mnist-cnn-amr": Preset("amr", _AMR_CNN, {**_SGD, "epochs": 15}, "cnn", _CNN_CPU, "small CNN, 15 epochs"),
-    "cpu-mnist-mlp-pgd": Preset("pgd", _PGD_CPU, {**_SGD, "epochs": 40}, "mlp", _MLP, "PGD-AT l2 eps 2, 10 steps"),
+    "cpu-mnist-mlp-std": Preset("standard", {}, {**_SGD, "epochs": 25}, "mlp", _MLP, "paper-mnist-mlp-std, 25 epochs"),
+    "cpu-mnist-mlp-lcr": Preset("lcr", _LCR, {**_SGD, "epochs": 25}, "mlp", _MLP, "paper-mnist-mlp-lcr, 25 epochs"),
+    "cpu-mnist-mlp-amr": Preset("amr", _AMR_MLP, {**_SGD, "epochs": 25}, "mlp", _MLP, "paper-mnist-mlp-amr, 25 epochs"),
+    "cpu-mnist-cnn-std": Preset("standard", {}, {**_SGD, "epochs": 10}, "cnn", _CNN_CPU, "small CNN, 10 epochs"),
+    "cpu-mnist-cnn-lcr": Preset("lcr", _LCR, {**_SGD, "epochs": 10}, "cnn", _CNN_CPU, "small CNN, 10 epochs"),
+    "cpu-mnist-cnn-amr": Preset("amr", _AMR_CNN, {**_SGD, "epochs": 10}, "cnn", _CNN_CPU, "small CNN, 10 epochs"),
+    "cpu-mnist-mlp-pgd": Preset("pgd", _PGD_CPU, {**_SGD, "epochs": 25}, "mlp", _MLP, "PGD-AT l2 eps 2, 10 steps"),
     "cpu-mnist-mlp-trades": Preset("trades", {"norm": "l2", "eps": 2.0, "beta": 6.0, "steps": 10},
-                                   {**_SGD, "epochs": 40}, "mlp", _MLP, "TRADES l2 eps 2, 10 steps"),
+                                   {**_SGD, "epochs": 25}, "mlp", _MLP, "TRADES l2 eps 2, 10 steps"),
 }
 
 
