@@ -151,8 +151,10 @@ def adversarially_trained_mlp(seed: int = 0):
     from marginkit.training import available_methods, demo_model
 
     if "pgd" in available_methods():
-        model, ck = demo_model("mlp", method="pgd", method_params={"norm": "l2", "eps": 1.0}, seed=seed)
-        return model, "marginkit.training pgd (l2, eps=1.0)"
+        model, ck = demo_model("mlp", method="pgd", seed=seed)
+        return model.eval(), (f"demo_model('mlp', method='pgd') (training helper's PGD-AT defaults: "
+                              f"{ck.metadata.get('method_params') or 'l2, eps 1.5, 7 steps'}; test accuracy "
+                              f"{ck.metadata.get('test_accuracy', float('nan')):.3f})")
     return _local_pgd_mlp(seed), "local l2 PGD loop in bench/attacks_compare.py (eps=1.0, 7 steps, 15 epochs)"
 
 

@@ -68,7 +68,6 @@ def main() -> int:
             t0 = time.perf_counter()
             ra = robust_accuracy(model, x, y, "l2", EPS, steps=args.pgd_steps, margins="attack", seed=args.seed,
                                  engine_options={"budget": args.engine_budget})
-            correct = torch.tensor([False] * 0)
             with torch.no_grad():
                 correct = model(x).argmax(1) == y
             lip = lipschitz_margin(model, x, y, "l2", radius=5.0, samples=args.lip_samples, seed=args.seed).bound

@@ -117,3 +117,21 @@ def test_end_to_end_attacks_only_the_subset():
     assert abs(vul.estimate - np.mean(exact <= eps)) < 0.08
     with pytest.raises(ValueError, match="needs labels"):
         estimate_robust_accuracy(model, x, None, "linf", eps, margin_fn=fn)
+
+
+def test_with_the_attack_engine_on_a_small_relu_net():
+    from marginkit.attacks import input_margin
+
+    from marginkit.consistency import local_isometry
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 3)).eval()
+    x = torch.rand(60, 16)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    res = estimate_robust_accuracy(model, x, y, "l2", 0.2, n=12, seed=0)
+    assert res.n_subset == 12 and 0.0 <= res.estimate <= 1.0 and res.seconds_subset_margins > 0
+    r = input_margin(model, x[:12], None, "l2", return_adv=True)
+    ok = torch.isfinite(r.upper)
+    iso = local_isometry(model, x[:12], r.adversarial, "l2", valid=ok)
+    assert iso.n == int(ok.sum()) and -1.0 <= iso.kendall_tau <= 1.0

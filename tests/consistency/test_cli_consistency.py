@@ -17,9 +17,9 @@ def test_consistency_cli_from_model_then_from_table(tmp_path):
     res = _run(["train", "--dataset", "digits", "--arch", "linear", "--epochs", "3", "--lr", "0.01", "--out", ckpt])
     assert res.exit_code == 0, res.output
     out = str(tmp_path / "cons")
-    args = ["consistency", "--model", ckpt, "--dataset", "digits", "--norm", "linf", "--eps", "8/255", "--limit", "150",
-            "--subset-sizes", "30,100", "--repeats", "3", "--bootstrap", "50", "--pseudo-train", "120",
-            "--pseudo-epochs", "3", "--out", out]
+    args = ["consistency", "--model", ckpt, "--dataset", "digits", "--norm", "linf", "--eps", "8/255", "--limit", "100",
+            "--subset-sizes", "30,80", "--repeats", "3", "--bootstrap", "50", "--pseudo-train", "60",
+            "--pseudo-epochs", "3", "--isometry", "20", "--out", out]
     res = _run(args)
     assert res.exit_code == 0, res.output
     assert "tau" in res.output and "AUROC" in res.output
@@ -27,14 +27,17 @@ def test_consistency_cli_from_model_then_from_table(tmp_path):
               "table/results.parquet", "train_table/results.parquet"):
         assert os.path.exists(os.path.join(out, f)), f
     m = json.load(open(os.path.join(out, "metrics.json")))
-    assert m["n"] == 150 and m["eps"] == 8 / 255 and m["norm"] == "linf"
+    assert m["n"] == 100 and m["eps"] == 8 / 255 and m["norm"] == "linf"
     assert set(m["scores"]) == {"logit_margin", "feature_margin", "pseudo-margin"}
-    assert len(m["scores"]["logit_margin"]["algorithm1"]) == 2
+    algo = m["scores"]["logit_margin"]["algorithm1"]
+    assert [(a["quantity"], a["n_subset"]) for a in algo] == [("robust_accuracy", 30), ("robust_accuracy", 80), ("vulnerable_fraction", 30), ("vulnerable_fraction", 80)]
     assert m["extras"]["equidistance"]["pairs"] == 45
+    # a linear model's feature extractor is the identity (flatten): an exact isometry
+    assert abs(m["extras"]["isometry"]["kappa_median"] - 1.0) < 1e-6 and os.path.exists(os.path.join(out, "isometry.png"))
     assert m["settings"]["source"]["table_settings"]["input_margin"] == "auto"
     # the same table read back gives the same numbers
     out2 = str(tmp_path / "cons2")
-    res = _run(["consistency", "--table", os.path.join(out, "table"), "--eps", "8/255", "--subset-sizes", "30,100",
+    res = _run(["consistency", "--table", os.path.join(out, "table"), "--eps", "8/255", "--subset-sizes", "30,80",
                 "--repeats", "3", "--bootstrap", "50", "--out", out2])
     assert res.exit_code == 0, res.output
     m2 = json.load(open(os.path.join(out2, "metrics.json")))
@@ -47,7 +50,7 @@ def test_consistency_cli_from_model_then_from_table(tmp_path):
                 "--repeats", "2", "--bootstrap", "0", "--out", out3])
     assert res.exit_code == 0, res.output
     assert "AUROC n/a" in res.output
-    assert "all 150 samples are positive" in open(os.path.join(out3, "report.md")).read()
+    assert "all 100 samples are positive" in open(os.path.join(out3, "report.md")).read()
 
 
 def test_consistency_cli_bad_input(tmp_path):

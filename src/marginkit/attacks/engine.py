@@ -51,7 +51,8 @@ class InputMarginResult:
     for samples already misclassified w.r.t. given labels. ``target``: (N,) class the adversarial is
     classified as (-1 when failed). ``passes``: (N,) forward + backward passes spent per sample.
     ``status``: "found" | "failed" | "misclassified". ``seconds``: (N,) wall time per sample (its
-    batch's time divided evenly). ``method``: the stage that produced each best point.
+    batch's time divided evenly). ``stage``: the step of the schedule that produced each best point
+    (``"fab"``, ``"ball"``, ``"line-search"``, ``"projection"``; ``"clean"`` for misclassified samples).
     """
 
     upper: torch.Tensor
@@ -61,7 +62,7 @@ class InputMarginResult:
     seconds: torch.Tensor
     norm: Norm
     labels: torch.Tensor
-    method: list[str]
+    stage: list[str]
     forwards: torch.Tensor
     backwards: torch.Tensor
     total_seconds: float
@@ -73,16 +74,27 @@ class InputMarginResult:
     def success_rate(self) -> float:
         return float(np.mean([s != "failed" for s in self.status])) if self.status else float("nan")
 
+    @property
+    def method(self) -> str:
+        """Name of the schedule, as written in the results table's ``method`` column."""
+        return f"marginkit-{self.settings.get('method', 'auto')}"
+
+    def extra_columns(self) -> dict[str, np.ndarray]:
+        """Engine-specific columns of the results table: per-sample method (with stage), class reached, passes."""
+        return {
+            "method": np.array([f"{self.method}:{st}" if st else self.method for st in self.stage], dtype=object),
+            "adversarial_class": self.target.detach().cpu().numpy().astype(np.int64),
+            "passes": self.passes.detach().cpu().numpy().astype(np.int64),
+        }
+
     def columns(self) -> dict[str, np.ndarray]:
-        """The input-margin columns of the per-sample results table (:data:`marginkit.results.COLUMNS`)."""
+        """All input-margin columns of the per-sample results table (:data:`marginkit.results.COLUMNS`)."""
         return {
             "input_margin_upper": self.upper.detach().cpu().numpy().astype(np.float64),
             "norm": np.array([str(self.norm)] * len(self.status), dtype=object),
-            "method": np.array([f"marginkit-{self.settings.get('method', 'auto')}:{m}" if m else "" for m in self.method], dtype=object),
             "status": np.array(self.status, dtype=object),
             "seconds": self.seconds.detach().cpu().numpy().astype(np.float64),
-            "adversarial_class": self.target.detach().cpu().numpy().astype(np.int64),
-            "passes": self.passes.detach().cpu().numpy().astype(np.int64),
+            **self.extra_columns(),
         }
 
 
@@ -266,7 +278,7 @@ def input_margin(
     if adv is not None:
         adversarial = adv.reshape(n, *shape)
     return InputMarginResult(upper=upper, target=tgt_out, passes=fwd + bwd, status=status, seconds=secs, norm=norm,
-                             labels=refs, method=meth, forwards=fwd, backwards=bwd,
+                             labels=refs, stage=meth, forwards=fwd, backwards=bwd,
                              total_seconds=time.perf_counter() - t_start, stopped=stopped, adversarial=adversarial,
                              settings=settings)
 

@@ -29,6 +29,8 @@ def project_linearised(w: torch.Tensor, g: torch.Tensor, at: torch.Tensor, base:
     The linearisation of the gap g at the point ``at`` is moved to ``base``; rows that no point of the box
     can bring across get norm inf.
     """
+    if w.shape[0] == 0:
+        return w.new_zeros(0), w.new_zeros(w.shape)
     need = -g - (w * (base - at)).sum(1)
     return _solve_halfspace(w, need, (box_lo - base).clamp_max(0), (box_hi - base).clamp_min(0), norm)
 
@@ -90,11 +92,12 @@ def first_step_targets(oracle: Oracle, best: Best, box_lo: torch.Tensor, box_hi:
     aim = others.reshape(-1)
     keep = oracle.can_afford(owner, 2)
     x0 = best.x0[owner]
-    z, g, w = oracle.value_and_grad(x0[keep], owner[keep], best.ref[owner[keep]], aim[keep])
     est = torch.full((owner.shape[0],), float("inf"), dtype=best.x0.dtype, device=dev)
     step = torch.zeros_like(x0)
-    e, d = project_linearised(w, g, x0[keep], x0[keep], box_lo[owner[keep]], box_hi[owner[keep]], norm)
-    est[keep], step[keep] = e, d
+    if keep.any():
+        z, g, w = oracle.value_and_grad(x0[keep], owner[keep], best.ref[owner[keep]], aim[keep])
+        e, d = project_linearised(w, g, x0[keep], x0[keep], box_lo[owner[keep]], box_hi[owner[keep]], norm)
+        est[keep], step[keep] = e.to(est.dtype), d
     k = min(topk, num_classes - 1)
     # ties (e.g. unreachable classes at inf) are broken by class order, so the choice is deterministic
     order = est.reshape(n, -1).argsort(dim=1, stable=True)[:, :k]

@@ -16,13 +16,13 @@ from __future__ import annotations
 import torch
 
 from ..norms import Norm
-from ._oracle import SAFETY, Best, Oracle, flip_gap
+from ._oracle import SAFETY, SEARCH_FACTOR, Best, Oracle, flip_gap
 from .fab import project_linearised
 
 
 def _margin_gap(logits: torch.Tensor, ref: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
     """Flip gap minus the safety margin: > 0 exactly when :func:`is_flipped` holds."""
-    gap = flip_gap(logits, ref, target) - SAFETY * logits.abs().amax(1).clamp_min(1.0)
+    gap = flip_gap(logits, ref, target) - SEARCH_FACTOR * SAFETY * logits.abs().amax(1).clamp_min(1.0)
     return torch.where(torch.isfinite(logits).all(1), gap, torch.full_like(gap, float("-inf")))
 
 
@@ -82,7 +82,7 @@ def project_from_origin(oracle: Oracle, best: Best, samples: torch.Tensor, box_l
     # shifted hyperplane, so on an affine model the candidate is exact up to the flip-test safety margin.
     scale = z.abs().amax(1).clamp_min(1.0)
     for rel in overshoots:
-        shift = 3 * SAFETY * scale + rel * (g.abs() + (w * (xb - x0)).sum(1).abs())
+        shift = 2 * SEARCH_FACTOR * SAFETY * scale + rel * (g.abs() + (w * (xb - x0)).sum(1).abs())
         _, d = project_linearised(w, g - shift, xb, x0, box_lo[samples], box_hi[samples], norm)
         cand = torch.minimum(torch.maximum(x0 + d, box_lo[samples]), box_hi[samples])
         zc = oracle.logits(cand, samples)

@@ -44,6 +44,7 @@ class AffineStage:
     out_dim: int
     relu: bool
     _dense: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+    _gram: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def in_dim(self) -> int:
@@ -72,9 +73,14 @@ class AffineStage:
         return self._dense
 
     def gram(self, chunk: int = 256) -> np.ndarray:
-        """L^T L (n_in x n_in) from forward passes and vector-Jacobian products, never holding L whole."""
-        if self._dense is not None:
-            return self._dense[0].T @ self._dense[0]
+        """L^T L (n_in x n_in), cached. Small maps go through the dense matrix; large ones (convolutions with
+        many output channels) through forward passes and vector-Jacobian products, never holding L whole."""
+        if self._gram is not None:
+            return self._gram
+        if self._dense is not None or self.out_dim * self.in_dim <= 4_000_000:
+            L = self.dense()[0]
+            self._gram = L.T @ L
+            return self._gram
         n = self.in_dim
         out = np.empty((n, n))
         for s in range(0, n, chunk):
@@ -87,7 +93,8 @@ class AffineStage:
                 ly = (self.apply(e) - self.apply(torch.zeros(1, n, dtype=torch.float64))).detach()
                 (g,) = torch.autograd.grad((y * ly).sum(), x0)
             out[s : s + b] = g.numpy()  # row s+i is L^T L e_{s+i}
-        return 0.5 * (out + out.T)
+        self._gram = 0.5 * (out + out.T)
+        return self._gram
 
 
 @dataclass
@@ -205,11 +212,20 @@ def feature_chain(model: nn.Module, layer: str | int | None, input_shape: tuple[
 
 def analysis_layers(model: nn.Module) -> list[str]:
     """The cut points of a layer-wise analysis: "input", then every layer up to the penultimate one
-    (Flatten/Identity/Dropout are skipped: they do not change the representation)."""
+    (Flatten/Identity/Dropout are skipped: they do not change the representation). The list stops before
+    the first layer collision finding cannot handle (e.g. max pooling), with a warning."""
+    import warnings
+
+    from ..checks import MarginkitWarning
+
     names = ["input"]
     children = list(model.named_children())
     for mname, mod in children[:-1]:
         if isinstance(mod, (nn.Flatten, nn.Identity, nn.Dropout)):
             continue
+        if not isinstance(mod, _AFFINE + (nn.ReLU,)):
+            warnings.warn(f"layer-wise bounds stop before {mname!r} ({type(mod).__name__}): not supported by "
+                          "collision finding", MarginkitWarning, stacklevel=2)
+            break
         names.append(mname)
     return names

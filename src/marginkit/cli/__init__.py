@@ -10,7 +10,7 @@ import importlib
 
 import typer
 
-COMMAND_MODULES = ["data", "train", "margins", "run", "consistency", "bounds"]
+COMMAND_MODULES = ["data", "train", "margins", "run", "consistency", "bounds", "dynamics"]
 
 app = typer.Typer(
     name="marginkit",

@@ -53,11 +53,14 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, help="seed of the split (and of attacks)"),
         out: str = typer.Option(..., help="output directory for results.parquet, results.json and the summary"),
         overwrite: bool = typer.Option(False, help="discard a previous run in --out instead of resuming it"),
+        budget: int = typer.Option(None, help="input-margin attack: forward + backward passes allowed per sample "
+                                               "(samples out of budget keep their best point or fail with inf)"),
     ) -> None:
         """Compute logit, feature and input margins per sample; resumes an interrupted run in --out."""
         from marginkit.report import write_summary
 
+        attack_options = None if budget is None else {"budget": budget}
         df, settings = compute_table(model, weights, dataset, classes, split, norm, input_margin, limit, seed, out,
-                                     overwrite)
+                                     overwrite, attack_options=attack_options)
         paths = write_summary(df, out, f"Margins of {os.path.basename(model)} on {settings['dataset']}", settings)
         typer.echo(f"{len(df)} samples -> {os.path.join(out, 'results.parquet')}; summary {paths['markdown']}")

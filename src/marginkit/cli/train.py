@@ -26,20 +26,27 @@ def register(app: typer.Typer) -> None:
         depth: int = typer.Option(None, help="hidden layers of an mlp (default: preset)"),
         seed: int = typer.Option(0, help="seed for the split, initialisation and batch order"),
         out: str = typer.Option(None, help="checkpoint path (default: runs/models/<dataset>-<arch>-<method>.pt)"),
-        help_methods: bool = typer.Option(False, "--help-methods", help="list training methods and exit"),
+        help_methods: bool = typer.Option(False, "--help-methods", help="list training methods and presets and exit"),
+        preset_name: str = typer.Option(None, "--preset", help="named preset (method, hyperparameters, architecture), "
+                                        "e.g. paper-mnist-mlp-amr; --epochs/--lr/--hidden/--depth/--method-param override it"),
     ) -> None:
         """Train a demo model with a seeded CPU-fast trainer and write a checkpoint."""
         from marginkit.data import load_dataset
         from marginkit.models import ModelSpec, build_model
         from marginkit.models.checkpoint import save_checkpoint
         from marginkit.training import DEMO_PRESETS, TrainConfig, available_methods, get_method, train_model
+        from marginkit.training.presets import PRESETS, get_preset
 
         if help_methods:
             typer.echo("\n".join(available_methods()))
+            typer.echo("presets: " + ", ".join(sorted(PRESETS)))
             raise typer.Exit()
+        named = get_preset(preset_name) if preset_name else None
+        if named is not None:
+            arch, method = named.arch, named.method
         if arch not in DEMO_PRESETS:
             raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(DEMO_PRESETS)}")
-        preset = DEMO_PRESETS[arch]
+        preset = DEMO_PRESETS[arch] if named is None else {"spec": named.spec, "train": named.train}
         ds = load_dataset(dataset, classes=parse_classes(classes), seed=seed)
         spec_kw = dict(preset["spec"])
         if hidden is not None:
@@ -54,6 +61,8 @@ def register(app: typer.Typer) -> None:
             train_kw["lr"] = lr
         config = TrainConfig(**train_kw)
         params = parse_params(method_param)
+        if named is not None:
+            params = {**named.method_params, **params}
         meth = get_method(method, **params)
         model = build_model(spec, seed=seed)
         console.print(f"training {arch} on {ds.name} ({ds.x_train.shape[0]} train / {ds.x_test.shape[0]} test) with {method}")
@@ -61,7 +70,7 @@ def register(app: typer.Typer) -> None:
         path = out or os.path.join("runs", "models", f"{ds.name}-{arch}-{method}.pt")
         save_checkpoint(path, result.model, spec, {
             "dataset": ds.name, "dataset_spec": dataset, "classes": ds.meta.get("classes"), "seed": seed,
-            "dataset_fingerprint": ds.fingerprint(), "train": asdict(config), "method": method, "method_params": params,
+            "dataset_fingerprint": ds.fingerprint(), "train": asdict(config), "method": method, "method_params": params, "preset": preset_name,
             "train_accuracy": result.train_accuracy, "test_accuracy": result.test_accuracy,
             "train_seconds": result.seconds, "history": result.history})
         typer.echo(f"test accuracy {result.test_accuracy:.4f} (train {result.train_accuracy:.4f}) "

@@ -101,7 +101,7 @@ def plot_auroc_vs_eps(report: Any, path: str) -> str:
 def plot_algorithm1_errors(report: Any, path: str) -> str:
     """Figs. 5/10: absolute error (percentage points) of Algorithm 1 per subset size, logit margin."""
     plt = _plt()
-    groups = [(r.name, a) for r in report.scores.values() for a in r.algorithm1]
+    groups = [(r.name, a) for r in report.scores.values() for a in r.algorithm1 if a.quantity == "robust_accuracy"]
     if not groups:
         raise ValueError("the report has no Algorithm 1 evaluation")
     fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(groups) + 2), 3.8))

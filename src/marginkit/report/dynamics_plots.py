@@ -42,8 +42,7 @@ def plot_margin_curves(epochs: Sequence[float], series: dict[str, dict[str, Sequ
         for name, ys in series.get(key, {}).items():
             ax.plot(epochs[: len(ys)], ys, marker="o", ms=3, label=name)
         for name, val in (references or {}).get(key, {}).items():
-            ax.axhline(val, ls="--", color="gray", lw=1)
-            ax.annotate(name, (ax.get_xlim()[0], val), textcoords="offset points", xytext=(4, 3), fontsize=8, color="gray")
+            ax.axhline(val, ls="--", color="gray", lw=1, label=name)
         if logx:
             if min(epochs) > 0:
                 ax.set_xscale("log")

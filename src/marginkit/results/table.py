@@ -43,6 +43,8 @@ COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "method": (pa.string(), "how the input margin was obtained"),
     "status": (pa.string(), "exact | found | failed | not_computed | ..."),
     "seconds": (pa.float64(), "wall time spent on this sample's input margin"),
+    "adversarial_class": (pa.int64(), "class the best verified adversarial is classified as; -1 if none"),
+    "passes": (pa.int64(), "forward + backward passes spent on this sample's input margin; -1 if not computed"),
 }
 SCHEMA = pa.schema([(name, typ) for name, (typ, _) in COLUMNS.items()])
 

@@ -197,8 +197,7 @@ class MarginTracker:
     """Trainer callback: minimum / average margin of correctly classified points on fixed subsets.
 
     ``splits`` maps a name (``"train"``, ``"test"``) to a fixed ``(x, y)`` subset. Records are taken at
-    epochs that are multiples of ``every`` or listed in ``at``; call :meth:`record` with epoch 0 for the
-    initial model. Each record holds the summary statistics and every correct sample's margin (for the
+    epochs that are multiples of ``every`` (epoch 0, the initial model, included) or listed in ``at``. Each record holds the summary statistics and every correct sample's margin (for the
     histograms of the paper's Figure 1b / 7 / 8). ``history`` is a list of dicts, one per (epoch, split).
     """
 
@@ -251,6 +250,10 @@ class MarginTracker:
             self.save(self.path)
         return out
 
+    def on_train_begin(self, trainer: Any) -> None:
+        if self.wants(0) and not any(r["epoch"] == 0 for r in self.history):
+            self.record(trainer.model, 0)
+
     def on_epoch_end(self, trainer: Any, epoch: int, logs: dict[str, Any]) -> None:
         if self.wants(epoch):
             recs = self.record(trainer.model, epoch)
@@ -293,7 +296,8 @@ class LinearDynamics:
 
     ``curves``: one dict per recorded epoch (min / average margin on train and test, errors, loss).
     ``margins``: epoch -> train margins (signed, for histograms); ``svm``: the SVM's numbers and margins;
-    ``adversarial``: epoch -> (k, *input_shape) minimal adversarial examples (eq. 7) of ``examples``.
+    ``adversarial``: epoch -> (k, *input_shape) minimal adversarial examples (eq. 7) of ``examples``;
+    ``weight`` / ``bias``: the final GD iterate.
     """
 
     curves: list[dict[str, Any]]
@@ -303,6 +307,8 @@ class LinearDynamics:
     example_labels: torch.Tensor
     adversarial: dict[int, torch.Tensor]
     input_shape: tuple[int, ...]
+    weight: torch.Tensor | None = None
+    bias: float = 0.0
     settings: dict[str, Any] = field(default_factory=dict)
 
     def frame(self):
@@ -417,4 +423,5 @@ def linear_margin_dynamics(
     settings = {"dataset": ds.name, "classes": [str(c) for c in classes], "dataset_fingerprint": ds.fingerprint(),
                 "epochs": epochs, "lr": lr, "bias": bias, "seed": seed, "train_size": n, "test_size": int(xte.shape[0]),
                 "solver": "cvxpy+CLARABEL", "seconds": seconds}
-    return LinearDynamics(curves, hist, svm, ex.float(), ex_y, adv, tuple(ds.input_shape), settings)
+    return LinearDynamics(curves, hist, svm, ex.float(), ex_y, adv, tuple(ds.input_shape), theta[:d].clone(),
+                          float(theta[d]) if bias else 0.0, settings)

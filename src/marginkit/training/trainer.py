@@ -42,7 +42,11 @@ class TrainConfig:
 
 
 class Callback(Protocol):
-    """Called after every epoch with the trainer and that epoch's logs (loss, accuracies, seconds)."""
+    """Called after every epoch with the trainer and that epoch's logs (loss, accuracies, seconds).
+
+    A callback may also define ``on_train_begin(trainer)``, called once before the first epoch of a
+    fresh (not resumed) run, e.g. to record the initial model.
+    """
 
     def on_epoch_end(self, trainer: "Trainer", epoch: int, logs: dict[str, Any]) -> None: ...
 
@@ -160,6 +164,10 @@ class Trainer:
         start = time.perf_counter()
         if self.epoch == 0:
             torch.manual_seed(cfg.seed)  # methods that draw random numbers (PGD starts) become reproducible
+            for cb in self.callbacks:
+                begin = getattr(cb, "on_train_begin", None)  # optional hook: see the initial model (epoch 0)
+                if callable(begin):
+                    begin(self)
         bar = None
         if self.progress:
             from tqdm.auto import tqdm

@@ -1,0 +1,84 @@
+"""``marginkit dynamics``: how the minimum and average margin evolve during training (Wu & Yu, Figs. 1, 2, 6, 7)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import typer
+
+from ._common import console, friendly_errors, parse_classes
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("dynamics")
+    @friendly_errors
+    def dynamics_cmd(
+        arch: str = typer.Option("logreg", help="logreg (section 3: binary logistic regression by GD vs the SVM) "
+                                 "or a preset architecture: mlp | cnn"),
+        preset: str = typer.Option(None, help="training preset for mlp/cnn (default: cpu-mnist-<arch>-std); "
+                                   "see `marginkit train --help-methods`"),
+        dataset: str = typer.Option("mnist5k", help="dataset name"),
+        classes: str = typer.Option("0,1", help="logreg only: the two classes"),
+        epochs: int = typer.Option(None, help="epochs (logreg default 20000 GD steps; mlp/cnn: the preset's)"),
+        every: int = typer.Option(1, help="mlp/cnn: record margins every k epochs (epoch 0 included)"),
+        subset: int = typer.Option(500, help="mlp/cnn: size of the fixed train and test subsets"),
+        estimator: str = typer.Option("auto", help="auto | affine | lipschitz (Theorem 3) | attack (engine upper bound)"),
+        norm: str = typer.Option("l2", help="l1 | l2 | linf"),
+        radius: float = typer.Option(5.0, help="Theorem 3 ball radius r"),
+        samples: int = typer.Option(64, help="points sampled per input to estimate the local Lipschitz constants"),
+        seed: int = typer.Option(0, help="seed for subsets, initialisation, batch order and sampling"),
+        out: str = typer.Option(None, help="output directory (default runs/dynamics/<arch or preset>)"),
+    ) -> None:
+        """Track min / average margin over training and plot curves, histograms (and, for logreg, the
+        adversarial examples of eq. 7 and the hard-margin SVM reference)."""
+        import torch
+
+        from marginkit.report.dynamics_plots import plot_linear_dynamics, plot_tracker
+        from marginkit.results import library_versions
+        from marginkit.results.provenance import atomic_write_text
+
+        if arch == "logreg":
+            from marginkit.training.dynamics import linear_margin_dynamics
+
+            out_dir = out or os.path.join("runs", "dynamics", "logreg")
+            res = linear_margin_dynamics(dataset, parse_classes(classes) or (0, 1), epochs=epochs or 20000,
+                                         seed=seed, progress=True)
+            plots = plot_linear_dynamics(res, out_dir)
+            atomic_write_text(os.path.join(out_dir, "dynamics.json"),
+                              json.dumps({**json.loads(res.to_json()), "versions": library_versions()}))
+            df = res.frame()
+            cols = ["epoch", "train_error", "train_min_margin", "train_avg_margin", "test_min_margin", "test_avg_margin"]
+            typer.echo(df[cols].iloc[:: max(1, len(df) // 10)].to_string(index=False))
+            console.print(f"hard-margin SVM: train min margin {res.svm['train_min_margin']:.4f}, "
+                          f"train avg margin {res.svm['train_avg_margin']:.4f}; cosine(w_GD, w_SVM) = "
+                          f"{res.svm['cosine_to_final_lr']:.4f}")
+        else:
+            from marginkit.data import load_dataset
+            from marginkit.training.dynamics import MarginTracker
+            from marginkit.training.presets import get_preset, train_preset
+
+            name = preset or f"cpu-mnist-{arch}-std"
+            p = get_preset(name)
+            if p.arch != arch:
+                raise ValueError(f"preset {name!r} trains a {p.arch}, not a {arch}")
+            out_dir = out or os.path.join("runs", "dynamics", name)
+            ds = load_dataset(dataset, seed=seed)
+            g = torch.Generator().manual_seed(seed)
+            tr = torch.randperm(ds.x_train.shape[0], generator=g)[:subset]
+            te = torch.randperm(ds.x_test.shape[0], generator=g)[:subset]
+            tracker = MarginTracker({"train": (ds.x_train[tr], ds.y_train[tr]), "test": (ds.x_test[te], ds.y_test[te])},
+                                    every=every, estimator=estimator, norm=norm, radius=radius, samples=samples,
+                                    seed=seed, path=os.path.join(out_dir, "dynamics.json"))
+            over = {} if epochs is None else {"epochs": epochs}
+            result, _, _ = train_preset(name, dataset, seed=seed, callbacks=[tracker], progress=True, **over)
+            plots = plot_tracker(tracker.history, out_dir, title=f"{name} ({tracker.estimator} margins)")
+            atomic_write_text(os.path.join(out_dir, "dynamics.json"),
+                              json.dumps({"settings": {**tracker.settings(), "preset": name, "dataset": dataset,
+                                                       "train": result.settings}, "history": tracker.history,
+                                          "train_history": result.history, "versions": library_versions()},
+                                         default=str))
+            typer.echo(tracker.frame()[["epoch", "split", "accuracy", "min_margin", "avg_margin",
+                                           "median_margin"]].to_string(index=False))
+        for k, v in plots.items():
+            typer.echo(f"{k}: {v}")

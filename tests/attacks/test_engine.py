@@ -1,0 +1,216 @@
+"""Input-margin engine on tiny models: exactness on affine models, verified flips, failure semantics,
+budgets, determinism, batch-size invariance and sanity checks."""
+
+import copy
+import functools
+import math
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from marginkit.attacks import input_margin
+from marginkit.checks import MarginkitWarning
+from marginkit.margins import affine_input_margin
+from marginkit.norms import batch_norm
+
+NORMS = ["l2", "linf", "l1"]
+
+
+def _linear(seed=0, d=12, c=4):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(d, c)).eval()
+
+
+@functools.lru_cache(maxsize=None)
+def _trained_mlp(seed=0, d=12, c=4, h=16):
+    """A tiny ReLU network fitted to c clusters in [0, 1]^d, so that every class occurs in the box."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.rand(c, d, generator=g)
+    y = torch.arange(c).repeat(64)
+    x = (centres[y] + 0.15 * torch.randn(len(y), d, generator=g)).clamp(0, 1)
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(d, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, c))
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    for _ in range(150):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x[:, None]), y).backward()
+        opt.step()
+    return model.eval()
+
+
+def _mlp(seed=0):
+    return copy.deepcopy(_trained_mlp(seed))
+
+
+def _inputs(n=24, d=12, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 1, d, generator=g)
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_matches_exact_margin_of_affine_model(norm):
+    model, x = _linear(), _inputs()
+    res = input_margin(model, x, norm=norm)
+    exact = affine_input_margin(model, x, norm=norm)
+    finite = torch.isfinite(exact.margin)
+    assert finite.any()
+    # an upper bound can never beat the exact margin; the engine must come within 0.1% of it
+    ratio = res.upper[finite] / exact.margin[finite]
+    assert (ratio >= 1 - 1e-6).all(), ratio.min()
+    assert (ratio <= 1.001).all(), ratio.max()
+    assert (res.target[finite] == exact.target[finite]).all()
+    assert all(s == "found" for s, f in zip(res.status, finite.tolist()) if f)
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_reported_points_flip_in_box_and_match_norm(norm):
+    model, x = _mlp(), _inputs()
+    res = input_margin(model, x, norm=norm, return_adv=True)
+    found = torch.tensor([s == "found" for s in res.status])
+    assert found.all()
+    adv = res.adversarial
+    assert adv.shape == x.shape
+    assert (adv >= 0).all() and (adv <= 1).all()
+    with torch.no_grad():
+        pred, adv_pred = model(x).argmax(1), model(adv).argmax(1)
+    assert (adv_pred != pred).all()
+    assert torch.equal(adv_pred, res.target)
+    assert torch.allclose(batch_norm((adv - x).double(), norm), res.upper, rtol=1e-5)
+    assert (res.passes > 0).all() and torch.equal(res.passes, res.forwards + res.backwards)
+
+
+def test_unflippable_model_gives_inf_and_failed():
+    # class 0 scores 10, class 1 scores the first pixel (<= 1 in the box): no point of the box flips it
+    lin = nn.Linear(3, 2)
+    with torch.no_grad():
+        lin.weight.zero_()
+        lin.weight[1, 0] = 1.0
+        lin.bias.copy_(torch.tensor([10.0, 0.0]))
+    model = nn.Sequential(nn.Flatten(), lin).eval()
+    x = _inputs(5, 3)
+    res = input_margin(model, x, norm="l2", return_adv=True)
+    assert torch.isinf(res.upper).all()
+    assert res.status == ["failed"] * 5
+    assert (res.target == -1).all()
+    assert torch.isnan(res.adversarial).all()  # never the clean input
+    assert math.isinf(float(affine_input_margin(model, x, norm="l2").margin.min()))
+
+
+def test_budget_too_small_fails_honestly_and_is_respected():
+    model, x = _mlp(), _inputs(8)
+    res = input_margin(model, x, norm="l2", budget=4)
+    assert (res.passes <= 4).all()
+    assert res.status == ["failed"] * 8 and torch.isinf(res.upper).all()
+    res = input_margin(model, x, norm="l2", budget=60)
+    assert (res.passes <= 60).all()
+    assert res.stopped == "budget"
+    assert all(s in ("found", "failed") for s in res.status)
+
+
+def test_time_budget_returns_partial_results():
+    model, x = _mlp(), _inputs(8)
+    res = input_margin(model, x, norm="l2", max_seconds=0.0)
+    assert res.stopped == "max_seconds"
+    assert all(s in ("found", "failed") for s in res.status)
+    assert all(math.isinf(u) for u, s in zip(res.upper.tolist(), res.status) if s == "failed")
+
+
+def test_deterministic_and_batch_size_invariant():
+    model, x = _mlp(seed=3), _inputs(20, seed=4)
+    a = input_margin(model, x, norm="linf", seed=7)
+    b = input_margin(model, x, norm="linf", seed=7)
+    assert torch.equal(a.upper, b.upper) and torch.equal(a.target, b.target)
+    c = input_margin(model, x, norm="linf", seed=7, batch_size=3)
+    assert torch.allclose(a.upper, c.upper, rtol=1e-4)
+    assert torch.equal(a.target, c.target)
+
+
+def test_true_labels_and_misclassified_samples():
+    model, x = _mlp(), _inputs(10)
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+    labels = pred.clone()
+    labels[:3] = (pred[:3] + 1) % 4
+    res = input_margin(model, x, labels, norm="l2")
+    assert res.status[:3] == ["misclassified"] * 3
+    assert (res.upper[:3] == 0).all()
+    assert all(s == "found" for s in res.status[3:])
+    assert torch.equal(res.labels, labels)
+
+
+def test_targeted_margin_reaches_the_target():
+    model, x = _linear(), _inputs(10)
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+    target = (pred + 2) % 4
+    res = input_margin(model, x, norm="l2", target=target, return_adv=True)
+    untargeted = input_margin(model, x, norm="l2")
+    found = torch.tensor([s == "found" for s in res.status])
+    assert found.any()
+    with torch.no_grad():
+        assert (model(res.adversarial[found]).argmax(1) == target[found]).all()
+    assert (res.upper[found] >= untargeted.upper[found] * (1 - 1e-6)).all()
+
+
+@pytest.mark.parametrize("method", ["fab", "ball"])
+def test_single_methods_are_upper_bounds(method):
+    model, x = _linear(), _inputs(12)
+    exact = affine_input_margin(model, x, norm="l2").margin
+    res = input_margin(model, x, norm="l2", method=method)
+    ok = torch.tensor([s == "found" for s in res.status])
+    assert ok.sum() >= 10
+    assert (res.upper[ok] >= exact[ok] * (1 - 1e-6)).all()
+
+
+def test_warnings_for_train_mode_softmax_and_out_of_box():
+    model, x = _mlp(), _inputs(4)
+    with pytest.warns(MarginkitWarning, match="train mode"):
+        input_margin(model.train(), x, norm="l2", budget=40)
+    model.eval()
+    with pytest.warns(MarginkitWarning, match="probabilities"):
+        input_margin(nn.Sequential(model, nn.Softmax(dim=1)).eval(), x, norm="l2", budget=40)
+    with pytest.warns(MarginkitWarning, match="outside the bounds"):
+        input_margin(model, x * 3 - 1, norm="l2", budget=40)
+
+
+def test_zero_gradients_warn_and_fail():
+    class Flat(nn.Module):
+        def forward(self, x):
+            return torch.tensor([1.0, 0.0]).expand(x.shape[0], 2) + 0 * x.reshape(x.shape[0], -1)[:, :2]
+
+    with pytest.warns(MarginkitWarning, match="zero input gradient"):
+        res = input_margin(Flat(), _inputs(3), norm="l2")
+    assert res.status == ["failed"] * 3
+
+
+def test_errors_for_bad_inputs():
+    model, x = _mlp(), _inputs(4)
+    with pytest.raises(ValueError, match="outputs"):
+        input_margin(model, x, torch.tensor([0, 1, 2, 9]), norm="l2")
+    with pytest.raises(ValueError, match="shape"):
+        input_margin(model, x, torch.tensor([0, 1]), norm="l2")
+    with pytest.raises(ValueError, match="could not process"):
+        input_margin(model, torch.rand(4, 1, 5), norm="l2")
+    with pytest.raises(ValueError, match="non-finite"):
+        input_margin(nn.Sequential(model, _Inf()).eval(), x, norm="l2")
+    with pytest.raises(ValueError, match="unknown norm"):
+        input_margin(model, x, norm="l3")
+    with pytest.raises(ValueError, match="NaN"):
+        input_margin(model, x * float("nan"), norm="l2")
+
+
+class _Inf(nn.Module):
+    def forward(self, z):
+        return z * float("inf")
+
+
+def test_result_columns_fit_results_schema():
+    from marginkit.results import COLUMNS
+
+    res = input_margin(_linear(), _inputs(5), norm="linf")
+    cols = res.columns()
+    for name in ("input_margin_upper", "norm", "method", "status", "seconds", "adversarial_class", "passes"):
+        assert name in cols and len(cols[name]) == 5
+        assert name in COLUMNS
