@@ -50,12 +50,19 @@ def main() -> int:
             over = {} if args.epochs is None else {"epochs": args.epochs}
             tag = f"{name}-e{args.epochs or preset.train['epochs']}-s{args.seed}"
             path = os.path.join(args.out, f"{tag}.pt")
+            row_path = os.path.join(args.out, f"{tag}-n{args.n_test}-k{args.pgd_steps}-b{args.engine_budget}.json")
+            if os.path.exists(row_path):  # evaluated before with the same settings: reuse (resumable runs)
+                with open(row_path) as f:
+                    rows.append(json.load(f))
+                print(json.dumps(rows[-1]), flush=True)
+                continue
             if os.path.exists(path):
                 model, ck = load_checkpoint(path)
                 meta = ck.metadata
             else:
                 t0 = time.perf_counter()
-                res, spec, ds = train_preset(name, seed=args.seed, progress=True, **over)
+                res, spec, ds = train_preset(name, seed=args.seed, progress=True,
+                                             checkpoint_dir=os.path.join(args.out, f"{tag}-state"), **over)
                 meta = {"preset": name, "train_seconds": time.perf_counter() - t0, "history": res.history,
                         "test_accuracy_full": res.test_accuracy, "settings": res.settings}
                 save_checkpoint(path, res.model, spec, meta)
@@ -73,13 +80,15 @@ def main() -> int:
             lip = lipschitz_margin(model, x, y, "l2", radius=5.0, samples=args.lip_samples, seed=args.seed).bound
             eng = ra.margins
             row = {"arch": arch, "method": meth, "preset": name, "epochs": args.epochs or preset.train["epochs"],
-                   "clean": ra.clean_accuracy,
+                   "clean": ra.clean_accuracy, "test_accuracy_full": meta.get("test_accuracy_full"),
                    **{f"pgd@{e}": float(v) for e, v in zip(EPS, ra.table["pgd_robust_accuracy"])},
                    **{f"margin@{e}": float(v) for e, v in zip(EPS, ra.table["margin_robust_accuracy"])},
                    "avg_margin_lipschitz": float(lip[correct].mean()),
                    "avg_margin_engine": float(eng[correct][torch.isfinite(eng[correct])].mean()),
                    "engine_failed": int((~torch.isfinite(eng[correct])).sum()),
                    "train_seconds": meta.get("train_seconds"), "eval_seconds": time.perf_counter() - t0}
+            with open(row_path, "w") as f:
+                json.dump(row, f)
             rows.append(row)
             print(json.dumps(row), flush=True)
     result = {"rows": rows, "args": vars(args), "versions": library_versions(), "command": " ".join(sys.argv)}

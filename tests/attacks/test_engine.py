@@ -181,7 +181,7 @@ def test_zero_gradients_warn_and_fail():
             return torch.tensor([1.0, 0.0]).expand(x.shape[0], 2) + 0 * x.reshape(x.shape[0], -1)[:, :2]
 
     with pytest.warns(MarginkitWarning, match="zero input gradient"):
-        res = input_margin(Flat(), _inputs(3), norm="l2")
+        res = input_margin(Flat().eval(), _inputs(3), norm="l2")
     assert res.status == ["failed"] * 3
 
 

@@ -101,10 +101,10 @@ def test_convolution_closed_form_without_dense_matrix_and_batchnorm_folded():
 
 @pytest.mark.parametrize("layer", ["relu1", "fc2", "relu2"])
 def test_descent_matches_enumeration_lower_bound_and_verifies(layer):
-    model = build_model(ModelSpec("mlp", (5,), 2, hidden=3, depth=2), seed=3)
+    model = build_model(ModelSpec("mlp", (5,), 2, hidden=2, depth=2), seed=3)
     ch = feature_chain(model, layer, (5,))
     rng = np.random.default_rng(2)
-    u, v = rng.uniform(0, 1, (6, 5)), rng.uniform(0, 1, (6, 5))
+    u, v = rng.uniform(0, 1, (8, 5)), rng.uniform(0, 1, (8, 5))
     d = find_collisions(ch, u, v, method="descent", return_delta=True)
     e = find_collisions(ch, u, v, method="enumerate", return_delta=True)
     assert np.all(d.budget >= e.budget - 1e-6)  # enumeration is the global minimum

@@ -119,3 +119,20 @@ def test_multiclass_pipeline_from_points():
     big = conflict_graph(inp, 10.0)
     assert zero_one_bound(big) == pytest.approx(0.5, abs=1e-8)
     assert cross_entropy_bound(big) == pytest.approx(math.log(2), rel=1e-5)
+
+
+def test_neighbour_selection_keeps_each_vertex_best_partner():
+    from marginkit.bounds.budgets import _select
+
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    i, j = all_pairs(labels)
+    ub = np.random.default_rng(0).uniform(0, 1, len(i))
+    cand = np.ones(len(i), dtype=bool)
+    cand[np.argmin(ub)] = False  # a non-candidate is never searched, however small its bound
+    sel = _select(i, j, ub, cand, 1, None)
+    assert cand[sel].all()
+    for v in range(6):
+        mine = np.flatnonzero(((i == v) | (j == v)) & cand)
+        assert mine[np.argmin(ub[mine])] in sel
+    assert len(_select(i, j, ub, cand, None, 3)) == 3
+    assert len(_select(i, j, ub, cand, None, None)) == cand.sum()

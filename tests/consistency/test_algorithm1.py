@@ -135,3 +135,15 @@ def test_with_the_attack_engine_on_a_small_relu_net():
     ok = torch.isfinite(r.upper)
     iso = local_isometry(model, x[:12], r.adversarial, "l2", valid=ok)
     assert iso.n == int(ok.sum()) and -1.0 <= iso.kendall_tau <= 1.0
+
+
+def test_repeats_record_the_subset_only_baseline():
+    s, d, correct = _set(8)
+    ev = algorithm1_repeats(s, d, 0.5, 200, correct, repeats=6, seed=2)
+    manual = np.random.default_rng(2)
+    vals = []
+    for _ in range(6):
+        idx = manual.choice(len(s), size=200, replace=False)
+        vals.append(robust_accuracy(correct[idx], d[idx], 0.5))
+    assert ev.subset_values == pytest.approx(vals)
+    assert ev.subset_mean_abs_error == pytest.approx(np.mean(np.abs(np.array(vals) - ev.full_value)))

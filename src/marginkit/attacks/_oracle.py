@@ -188,3 +188,15 @@ class Best:
             self.cls[idx] = logits[r].argmax(1)
             self.code[idx] = code
         return flipped
+
+    def absorb(self, other: "Best") -> None:
+        """Take over ``other``'s points where they are smaller (both track the same samples)."""
+        take = other.value < self.value
+        self.value = torch.where(take, other.value, self.value)
+        self.x = torch.where(take[:, None], other.x, self.x)
+        self.cls = torch.where(take, other.cls, self.cls)
+        self.code = torch.where(take, other.code, self.code)
+
+    def fresh(self) -> "Best":
+        """An empty tracker for the same samples (an independent run of another method)."""
+        return Best(self.x0, self.ref, self.norm, self.target)

@@ -172,6 +172,10 @@ class Algorithm1Evaluation:
     max_abs_error: float
     alphas_chosen: list[float | None]
     seed: int
+    # Baseline: the subset's own value (what the n attacked samples say without any score) against the
+    # full-set value. Algorithm 1 is only worth its score if it beats this sampling error.
+    subset_values: list[float] = field(default_factory=list)
+    subset_mean_abs_error: float = float("nan")
     messages: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -194,11 +198,12 @@ def algorithm1_repeats(score: Any, input_margin: Any, eps: float, n: int, correc
     c = None if correct is None else np.asarray(correct).astype(bool)
     full = robust_accuracy(c, d, eps) if c is not None else float(np.mean(non_robust_labels(d, eps)))
     rng = np.random.default_rng(seed)
-    ests, alphas_chosen, msgs = [], [], []
+    ests, alphas_chosen, msgs, subset_vals = [], [], [], []
     for _ in range(repeats):
         idx = rng.choice(N, size=n, replace=False)
         r = algorithm1(s, idx, d[idx], eps, c, alphas)
         ests.append(r.estimate)
+        subset_vals.append(r.subset_value)
         alphas_chosen.append(r.alpha)
         if r.message:
             msgs.append(r.message)
@@ -207,7 +212,8 @@ def algorithm1_repeats(score: Any, input_margin: Any, eps: float, n: int, correc
         quantity="robust_accuracy" if c is not None else "vulnerable_fraction", eps=float(eps), n_subset=n,
         n_total=N, repeats=repeats, full_value=full, estimates=[float(e) for e in ests],
         abs_errors=err.tolist(), mean_abs_error=float(err.mean()), std_abs_error=float(err.std(ddof=1)) if repeats > 1 else 0.0,
-        max_abs_error=float(err.max()), alphas_chosen=alphas_chosen, seed=seed, messages=sorted(set(msgs)),
+        max_abs_error=float(err.max()), alphas_chosen=alphas_chosen, seed=seed, subset_values=subset_vals,
+        subset_mean_abs_error=float(np.mean(np.abs(np.asarray(subset_vals) - full))), messages=sorted(set(msgs)),
     )
 
 
