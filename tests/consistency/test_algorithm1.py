@@ -14,7 +14,7 @@ from marginkit.consistency import (
     threshold_at_tpr,
     tune_threshold,
 )
-from marginkit.margins import affine_input_margin, logit_margin
+from marginkit.margins import affine_input_margin
 
 
 def _set(seed=0, n=2000, noise=0.15):

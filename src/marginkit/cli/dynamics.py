@@ -72,7 +72,8 @@ def register(app: typer.Typer) -> None:
                                     seed=seed, path=os.path.join(out_dir, "dynamics.json"))
             over = {} if epochs is None else {"epochs": epochs}
             result, _, _ = train_preset(name, dataset, seed=seed, callbacks=[tracker], progress=True, **over)
-            plots = plot_tracker(tracker.history, out_dir, title=f"{name} ({tracker.estimator} margins)")
+            used = sorted({r["estimator"] for r in tracker.history})
+            plots = plot_tracker(tracker.history, out_dir, title=f"{name} ({', '.join(used)} margins, {norm})")
             atomic_write_text(os.path.join(out_dir, "dynamics.json"),
                               json.dumps({"settings": {**tracker.settings(), "preset": name, "dataset": dataset,
                                                        "train": result.settings}, "history": tracker.history,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import io
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np

@@ -7,25 +7,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .plotting import pyplot as _plt
+from .plotting import save_figure as _save
+
 __all__ = ["plot_margin_curves", "plot_margin_histograms", "plot_adversarial_grid", "plot_linear_dynamics",
            "plot_tracker"]
-
-
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig: Any, path: str) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    _plt().close(fig)
-    return path
 
 
 def plot_margin_curves(epochs: Sequence[float], series: dict[str, dict[str, Sequence[float]]], path: str, *,

@@ -237,10 +237,13 @@ class MarginTracker:
         try:
             for name, (x, y) in self.splits.items():
                 t0 = time.perf_counter()
-                margin, correct = estimate_margins(model, x, y, self.estimator, self.norm, bounds=self.bounds,
+                est = self.estimator
+                if est == "auto":
+                    est = "affine" if is_affine(model, tuple(x.shape[1:])) else "lipschitz"
+                margin, correct = estimate_margins(model, x, y, est, self.norm, bounds=self.bounds,
                                                    radius=self.radius, samples=self.samples, seed=self.seed,
                                                    engine_options=self.engine_options)
-                rec = {"epoch": int(epoch), "split": name, **_summary(margin, correct),
+                rec = {"epoch": int(epoch), "split": name, "estimator": est, **_summary(margin, correct),
                        "seconds": time.perf_counter() - t0}
                 out.append(rec)
         finally:
