@@ -47,7 +47,7 @@ def main() -> None:
     a, b = xs[ys == 0], xs[ys == 1]
     solvers = [s.strip().upper() for s in args.solvers.split(",")]
     print(f"## Cone programs of the ReLU descent ({args.pairs} pairs of MNIST 3-vs-7 points, demo MLP 784-64-64-64, l2)\n")
-    print("| layer | solver | seconds | collisions / s | cone programs | programs / s | mean budget | max |budget - Clarabel| | unverified steps |")
+    print("| layer | solver | seconds | collisions / s | cone programs | programs / s | mean budget | max abs diff vs Clarabel | unverified steps |")
     print("|---|---|---|---|---|---|---|---|---|")
     for layer in args.layers.split(","):
         ch = feature_chain(model, layer, (1, 28, 28))

@@ -214,3 +214,17 @@ def test_result_columns_fit_results_schema():
     for name in ("input_margin_upper", "norm", "method", "status", "seconds", "adversarial_class", "passes"):
         assert name in cols and len(cols[name]) == 5
         assert name in COLUMNS
+
+
+def test_margin_table_uses_engine_with_budget_and_new_columns():
+    from marginkit.margins import margin_table
+
+    model, x = _mlp(), _inputs(6)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    df = margin_table(model, x, y, "linf", input_margin="attack", attack_options={"budget": 200})
+    assert (df["passes"] <= 200).all() and (df["passes"] > 0).all()
+    assert set(df["status"]) <= {"found", "failed"}
+    found = df["status"] == "found"
+    assert (df.loc[found, "adversarial_class"] != df.loc[found, "prediction"]).all()
+    assert df["method"].str.startswith("marginkit-auto").all()

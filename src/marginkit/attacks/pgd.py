@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checks import check_box, check_inputs, check_labels, check_logits, check_model_mode, model_device
+from ..margins.output import pairwise_gaps
 from ..norms import Norm, as_norm, project_ball, steepest_direction
 
 __all__ = ["pgd", "random_ball"]
@@ -116,8 +117,7 @@ def pgd(
     def objective(logits: torch.Tensor) -> torch.Tensor:
         if loss == "ce":
             return F.cross_entropy(logits, y, reduction="none")
-        other = logits.scatter(1, y[:, None], float("-inf")).max(1).values
-        return other - logits.gather(1, y[:, None]).squeeze(1)
+        return -pairwise_gaps(logits, y).min(1).values  # max_{k != y} f_k - f_y
 
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     if random_start:

@@ -26,6 +26,7 @@ from torch import nn
 
 from ..attacks.pgd import random_ball
 from ..checks import check_inputs, check_labels, check_logits, check_model_mode, model_device
+from ..margins.output import pairwise_gaps
 from ..norms import Norm, as_norm, batch_norm
 from ..results.provenance import atomic_write_text
 
@@ -94,7 +95,7 @@ def lipschitz_margin(
         logits = check_logits(model(x), n)
     c = logits.shape[1]
     ref = logits.argmax(1) if labels is None else check_labels(labels, n, c).to(device)
-    gaps = (logits.gather(1, ref[:, None]) - logits).double().scatter(1, ref[:, None], float("inf"))
+    gaps = pairwise_gaps(logits, ref).double()  # f_ref - f_k, +inf for the reference class
     per = samples + 1
     chunk = max(1, batch_size // per)
     gen = torch.Generator().manual_seed(seed)
