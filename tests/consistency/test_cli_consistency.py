@@ -46,11 +46,24 @@ def test_consistency_cli_from_model_then_from_table(tmp_path):
         assert m2["scores"][key]["consistency"]["kendall"]["value"] == m["scores"][key]["consistency"]["kendall"]["value"]
     # a degenerate eps (every sample non-robust) is reported, not crashed on
     out3 = str(tmp_path / "cons3")
-    res = _run(["consistency", "--table", os.path.join(out, "table"), "--eps", "10", "--subset-sizes", "30",
+    res = _run(["consistency", "--table", os.path.join(out, "table"), "--eps", "10", "--eps-grid", "paper", "--subset-sizes", "30",
                 "--repeats", "2", "--bootstrap", "0", "--out", out3])
     assert res.exit_code == 0, res.output
     assert "AUROC n/a" in res.output
     assert "all 100 samples are positive" in open(os.path.join(out3, "report.md")).read()
+    res = _run(["consistency", "--table", os.path.join(out, "table"), "--norm", "l2", "--eps", "0.1", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "does not match the table" in res.output  # the table holds linf margins
+    # Algorithm 1 as deployed: attacks on 20 samples only, no table
+    out4 = str(tmp_path / "est")
+    res = _run(["consistency", "--model", ckpt, "--dataset", "digits", "--norm", "linf", "--eps", "8/255", "--limit", "100",
+                "--estimate-only", "20", "--out", out4])
+    assert res.exit_code == 0, res.output
+    est = json.load(open(os.path.join(out4, "estimate.json")))
+    assert est["estimates"]["robust_accuracy"]["n_subset"] == 20 and est["samples"] == 100
+    assert len(est["estimates"]["robust_accuracy"]["subset_indices"]) == 20
+    assert not os.path.exists(os.path.join(out4, "table"))
+    m3 = json.load(open(os.path.join(out3, "metrics.json")))
+    assert m3["eps_grid"] == [k / 255 for k in (2, 4, 8, 12, 16, 32)]
 
 
 def test_consistency_cli_bad_input(tmp_path):

@@ -183,3 +183,12 @@ def test_binned_consistency_means_and_errors():
     assert b.count == [5, 5, 5, 5] and b.n_infinite_margin == 1
     assert b.mean_score == pytest.approx([10.0, 20.0, 30.0, 40.0])
     assert b.stderr == pytest.approx([np.std([-2, -1, 0, 1, 2], ddof=1) / math.sqrt(5)] * 4)
+
+
+def test_binned_consistency_of_constant_or_single_margins():
+    b = binned_consistency(np.arange(5.0), np.ones(5), n_bins=4)
+    assert b.count == [5] and b.mean_score == [2.0]
+    b = binned_consistency(np.arange(3.0), np.array([1.0, np.inf, np.inf]), n_bins=4)
+    assert b.count == [1] and b.n_infinite_margin == 2
+    with pytest.raises(DegenerateMetricError, match="every attack failed"):
+        binned_consistency(np.arange(3.0), np.full(3, np.inf))

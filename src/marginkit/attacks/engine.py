@@ -156,7 +156,8 @@ def input_margin(
         raise ValueError(f"bounds must satisfy lower < upper, got {bounds}")
     check_model_mode(model)
     device = model_device(model)
-    x_all = inputs.detach().to(device)
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), inputs.dtype)
+    x_all = inputs.detach().to(device, dtype)
     n = x_all.shape[0]
     shape = tuple(x_all.shape[1:])
     flat = x_all.reshape(n, -1)

@@ -87,3 +87,4 @@ def project_from_origin(oracle: Oracle, best: Best, samples: torch.Tensor, box_l
         cand = torch.minimum(torch.maximum(x0 + d, box_lo[samples]), box_hi[samples])
         zc = oracle.logits(cand, samples)
         best.offer(samples, cand, zc, code)
+

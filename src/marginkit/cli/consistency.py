@@ -36,6 +36,41 @@ def _ints(text: str, what: str) -> list[int]:
         raise typer.BadParameter(f"{what}: expected comma-separated integers, got {text!r}") from exc
 
 
+def _estimate_only(model_ref: str, weights: str | None, dataset: str, classes: str | None, split: str, limit: int | None,
+                   norm: str, eps: float, n: int, seed: int, attack_options: dict, out: str) -> None:
+    """Algorithm 1 as deployed: one forward pass over the split, attacks on ``n`` samples only."""
+    from marginkit.consistency import subset_estimates
+    from marginkit.data import load_dataset
+    from marginkit.models.checkpoint import load_model, model_fingerprint
+    from marginkit.results import atomic_write_text, library_versions
+
+    mdl, _ = load_model(model_ref, weights)
+    ds = load_dataset(dataset, classes=parse_classes(classes), seed=seed)
+    x, y = ds.split(split)
+    if limit is not None:
+        x, y = x[:limit], y[:limit]
+    console.print(f"Algorithm 1: forward pass on {x.shape[0]} samples, input margins ({norm}) of {n} of them")
+    t0 = time.perf_counter()
+    res = subset_estimates(mdl, x, y, norm, eps, n=n, seed=seed,
+                           margin_kwargs={"bounds": ds.bounds, "progress": True, **attack_options})
+    total = time.perf_counter() - t0
+    payload = {"model": model_ref, "model_fingerprint": model_fingerprint(mdl), "dataset": ds.name, "split": split,
+               "samples": int(x.shape[0]), "norm": norm, "eps": eps, "n": n, "seed": seed, "seconds_total": round(total, 2),
+               "estimates": {k: r.to_dict(indices=True) for k, r in res.items()}, "versions": library_versions()}
+    atomic_write_text(os.path.join(out, "estimate.json"), json.dumps(payload, indent=2, default=str))
+    ra, vf = res["robust_accuracy"], res["vulnerable_fraction"]
+    lines = [f"# Algorithm 1 estimate: {os.path.basename(model_ref)} ({norm}, eps={eps:.6g})", "",
+             f"Input margins of {n} random samples (seed {seed}) out of {x.shape[0]}; threshold on the logit margin tuned "
+             f"over the TPR grid; {ra.seconds_subset_margins:.1f} s of attacks, {total:.1f} s in total.", "",
+             "| quantity | subset value | estimate for all samples | TPR level alpha | logit-margin threshold |", "|---|---|---|---|---|",
+             f"| robust accuracy | {100 * ra.subset_value:.2f} | {100 * ra.estimate:.2f} | {ra.alpha} | {ra.threshold:.4g} |",
+             f"| vulnerable fraction | {100 * vf.subset_value:.2f} | {100 * vf.estimate:.2f} | {vf.alpha} | {vf.threshold:.4g} |", ""]
+    lines += [f"Note: {m}" for m in {ra.message, vf.message} if m]
+    atomic_write_text(os.path.join(out, "estimate.md"), "\n".join(lines) + "\n")
+    typer.echo(f"estimated robust accuracy {100 * ra.estimate:.2f}% (subset {100 * ra.subset_value:.2f}%), vulnerable "
+               f"{100 * vf.estimate:.2f}% from {n} attacked samples in {total:.1f} s -> {os.path.join(out, 'estimate.md')}")
+
+
 def register(app: typer.Typer) -> None:
     @app.command("consistency")
     @friendly_errors
@@ -48,8 +83,8 @@ def register(app: typer.Typer) -> None:
         classes: str = typer.Option(None, help="keep only these classes, e.g. 3,7 (must match the model)"),
         split: str = typer.Option("test", help="split to evaluate: train | test"),
         limit: int = typer.Option(None, help="only the first N samples of the split"),
-        norm: str = typer.Option("l2", help="l1 | l2 | linf"),
-        eps_grid: str = typer.Option(None, help="eps values of the AUROC sweep, e.g. 2/255,4/255,8/255 (default: eps x 1/4..4)"),
+        norm: str = typer.Option(None, help="l1 | l2 | linf (default: l2 with --model; the table's norm with --table)"),
+        eps_grid: str = typer.Option(None, help="eps values of the AUROC sweep, e.g. 2/255,4/255,8/255, or 'paper' for {2,4,8,12,16,32}/255 (default: eps x 1/4..4)"),
         subset_sizes: str = typer.Option("100,500", help="Algorithm 1 subset sizes"),
         repeats: int = typer.Option(10, help="random subsets per Algorithm 1 subset size"),
         bootstrap: int = typer.Option(1000, help="bootstrap resamples for the tau / rho confidence intervals (0: none)"),
@@ -57,6 +92,8 @@ def register(app: typer.Typer) -> None:
         pseudo_source: str = typer.Option("features", help="pseudo-margin input: features | logits"),
         pseudo_epochs: int = typer.Option(200, help="pseudo-margin training epochs (early stopping on validation MSE)"),
         isometry: int = typer.Option(0, help="local-isometry check (Fig. 6) on the first N evaluated samples (0: no)"),
+        estimate_only: int = typer.Option(0, help="Algorithm 1 only: attack N random samples, estimate robust accuracy "
+                                                  "and vulnerable fraction of the whole split from logit margins (no table)"),
         attack_param: list[str] = typer.Option(None, "--attack-param", help="input-margin engine option key=value (repeatable)"),
         seed: int = typer.Option(0, help="seed of the split, attacks, subsets and bootstrap"),
         out: str = typer.Option(..., help="output directory"),
@@ -76,13 +113,24 @@ def register(app: typer.Typer) -> None:
         if not eps_vals or len(eps_vals) != 1:
             raise typer.BadParameter("--eps takes one value")
         eps_v = eps_vals[0]
-        grid = _floats(eps_grid, "--eps-grid")
+        if eps_grid and eps_grid.strip().lower() == "paper":
+            from marginkit.consistency import PAPER_LINF_EPS
+
+            grid = list(PAPER_LINF_EPS)
+        else:
+            grid = _floats(eps_grid, "--eps-grid")
         sizes = _ints(subset_sizes, "--subset-sizes")
         attack_options = parse_params(attack_param)
         if (model is None) == (table is None):
             raise ValueError("give exactly one of --model (compute the table) or --table (read an existing one)")
         os.makedirs(out, exist_ok=True)
         t_start = time.perf_counter()
+        if estimate_only > 0:
+            if model is None:
+                raise ValueError("--estimate-only needs --model")
+            _estimate_only(model, weights, dataset, classes, split, limit, as_norm(norm or "l2").value, eps_v,
+                           estimate_only, seed, attack_options, out)
+            return
         mdl = None
         settings: dict = {}
         if table is not None:
@@ -93,14 +141,14 @@ def register(app: typer.Typer) -> None:
             from marginkit.models.checkpoint import load_model
 
             table_dir = os.path.join(out, "table")
-            df, settings = compute_table(model, weights, dataset, classes, split, as_norm(norm).value, "auto", limit, seed,
+            df, settings = compute_table(model, weights, dataset, classes, split, as_norm(norm or "l2").value, "auto", limit, seed,
                                          table_dir, overwrite, attack_options)
             settings = {"table": os.path.abspath(table_dir), "table_settings": settings}
             model_ref = model
             mdl, _ = load_model(model, weights)
-        tnorm = str(df["norm"].iloc[0]) if len(df) and "norm" in df else as_norm(norm).value
-        if table is not None and tnorm != as_norm(norm).value:
-            console.print(f"note: the table was computed in {tnorm}; using that norm")
+        tnorm = str(df["norm"].iloc[0]) if len(df) and "norm" in df else as_norm(norm or "l2").value
+        if norm is not None and tnorm != as_norm(norm).value:
+            raise ValueError(f"--norm {norm} does not match the table, whose input margins are in {tnorm}")
         extra_scores: dict = {}
         extras: dict = {}
         x_eval = None

@@ -18,6 +18,7 @@ from .algorithm1 import (
     algorithm1_repeats,
     estimate_robust_accuracy,
     estimate_vulnerability,
+    subset_estimates,
     threshold_at_tpr,
     tune_threshold,
 )
@@ -76,6 +77,7 @@ __all__ = [
     "margin_consistency",
     "non_robust_labels",
     "representation",
+    "subset_estimates",
     "robust_accuracy",
     "threshold_at_tpr",
     "tune_threshold",

@@ -34,6 +34,7 @@ __all__ = [
     "algorithm1_repeats",
     "estimate_robust_accuracy",
     "estimate_vulnerability",
+    "subset_estimates",
 ]
 
 DEFAULT_ALPHAS: tuple[float, ...] = (0.80, 0.825, 0.85, 0.875, 0.90, 0.925, 0.95, 0.99)
@@ -235,9 +236,19 @@ def _default_margin_fn() -> Callable[..., Any]:
     return input_margin
 
 
-def _run_on_subset(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor | None, norm: str, eps: float, n: int,
-                   score: str, seed: int, alphas: Sequence[float], margin_fn: Callable[..., Any] | None,
-                   margin_kwargs: dict[str, Any] | None, batch_size: int, pseudo_margin: Any = None) -> Algorithm1Result:
+def subset_estimates(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor | None, norm: str = "linf",
+                     eps: float = 8 / 255, *, n: int = 500, score: str = "logit", seed: int = 0,
+                     alphas: Sequence[float] = DEFAULT_ALPHAS, margin_fn: Callable[..., Any] | None = None,
+                     margin_kwargs: dict[str, Any] | None = None, batch_size: int = 1024,
+                     pseudo_margin: Any = None) -> dict[str, Algorithm1Result]:
+    """Algorithm 1 end to end with one attack run: scores of all ``inputs`` from one forward pass per
+    batch, input margins of a seeded random subset of ``n`` only, then the vulnerable fraction (no
+    labels needed) and, with ``labels``, the robust accuracy of the whole set.
+
+    Returns ``{"vulnerable_fraction": ..., "robust_accuracy": ...}`` (the latter only with labels).
+    The margin function is :func:`marginkit.attacks.input_margin` unless ``margin_fn(model, x, None,
+    norm, **margin_kwargs)`` is given; margins are taken w.r.t. the model's own decision (eq. 1).
+    """
     from .scoring import compute_score
 
     N = inputs.shape[0]
@@ -247,15 +258,15 @@ def _run_on_subset(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor 
     idx = np.random.default_rng(seed).choice(N, size=n, replace=False)
     fn = margin_fn or _default_margin_fn()
     t0 = time.perf_counter()
-    # Margins w.r.t. the model's own decision (labels=None), as in eq. 1: distance to changing yhat(x).
     res = fn(model, inputs[torch.as_tensor(idx)], None, norm, **(margin_kwargs or {}))
     d = _margin_values(res).detach().double().cpu().numpy()
     seconds = time.perf_counter() - t0
-    correct = None
+    out = {"vulnerable_fraction": algorithm1(sc, idx, d, eps, None, alphas)}
     if labels is not None:
         correct = (pred.cpu() == labels.cpu()).numpy()
-    out = algorithm1(sc, idx, d, eps, correct, alphas)
-    out.seconds_subset_margins = seconds
+        out["robust_accuracy"] = algorithm1(sc, idx, d, eps, correct, alphas)
+    for r in out.values():
+        r.seconds_subset_margins = seconds
     return out
 
 
@@ -270,7 +281,9 @@ def estimate_robust_accuracy(model: nn.Module, inputs: torch.Tensor, labels: tor
     ("logit", "feature" or "pseudo" with ``pseudo_margin``)."""
     if labels is None:
         raise ValueError("robust accuracy needs labels; use estimate_vulnerability for an unlabelled set")
-    return _run_on_subset(model, inputs, labels, norm, eps, n, score, seed, alphas, margin_fn, margin_kwargs, batch_size, pseudo_margin)
+    return subset_estimates(model, inputs, labels, norm, eps, n=n, score=score, seed=seed, alphas=alphas,
+                            margin_fn=margin_fn, margin_kwargs=margin_kwargs, batch_size=batch_size,
+                            pseudo_margin=pseudo_margin)["robust_accuracy"]
 
 
 def estimate_vulnerability(model: nn.Module, inputs: torch.Tensor, norm: str = "linf", eps: float = 8 / 255, *,
@@ -279,4 +292,6 @@ def estimate_vulnerability(model: nn.Module, inputs: torch.Tensor, norm: str = "
                            batch_size: int = 1024, pseudo_margin: Any = None) -> Algorithm1Result:
     """Algorithm 1 without labels: the fraction of an unlabelled set that is non-robust at ``eps``
     (``d_in <= eps``), estimated from scores after attacking ``n`` samples only."""
-    return _run_on_subset(model, inputs, None, norm, eps, n, score, seed, alphas, margin_fn, margin_kwargs, batch_size, pseudo_margin)
+    return subset_estimates(model, inputs, None, norm, eps, n=n, score=score, seed=seed, alphas=alphas,
+                            margin_fn=margin_fn, margin_kwargs=margin_kwargs, batch_size=batch_size,
+                            pseudo_margin=pseudo_margin)["vulnerable_fraction"]

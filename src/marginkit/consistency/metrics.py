@@ -404,7 +404,10 @@ def binned_consistency(score: Any, input_margin: Any, n_bins: int = 10) -> Binne
     fin = np.isfinite(d)
     if fin.sum() < 1:
         raise DegenerateMetricError("no finite input margin to bin (every attack failed)")
-    codes, edges = pd.qcut(d[fin], q=min(n_bins, int(fin.sum())), retbins=True, labels=False, duplicates="drop")
+    if np.unique(d[fin]).size == 1:  # qcut cannot cut a constant array: one bin holds everything
+        codes, edges = np.zeros(int(fin.sum()), dtype=np.int64), np.array([d[fin][0], d[fin][0]])
+    else:
+        codes, edges = pd.qcut(d[fin], q=min(n_bins, int(fin.sum())), retbins=True, labels=False, duplicates="drop")
     frame = pd.DataFrame({"bin": codes, "d": d[fin], "s": s[fin]})
     g = frame.groupby("bin")
     stats = g.agg(center=("d", "median"), mean=("s", "mean"), std=("s", "std"), count=("s", "size"))
