@@ -78,3 +78,12 @@ def test_read_results_errors(tmp_path):
     pd.DataFrame({"a": [1]}).to_parquet(tmp_path / "results.parquet")
     with pytest.raises(ValueError, match="missing columns"):
         read_results(tmp_path)
+
+
+def test_tables_from_before_later_columns_still_read(tmp_path):
+    from marginkit.results.table import CORE_COLUMNS
+
+    r = _rows([0, 1])
+    pd.DataFrame({c: r[c] for c in CORE_COLUMNS}).to_parquet(tmp_path / "results.parquet")
+    df, _ = read_results(tmp_path)
+    assert set(COLUMNS) <= set(df.columns) and len(df) == 2

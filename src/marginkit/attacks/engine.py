@@ -12,8 +12,9 @@ work spent and a status. The default ``method="auto"`` schedule:
 4. the adaptive-ball method (:mod:`.ball`), run independently from x_0 (started from the projection
    result it would stay in that basin; on the demo CNN the independent run is 1-2% tighter), then refined;
 5. only on samples where the two methods disagree (their norms differ by more than ``agree_rtol``, or
-   one failed): rounds of targeted projection from the best point towards the class it reaches, ball
-   steps from it and refinement, while a round still improves by more than ``agree_rtol``.
+   one failed): in l2 a third independent run, the augmented-Lagrangian walk (:mod:`.alm`), then
+   rounds of targeted projection from the best point towards the class it reaches, ball steps from it
+   and refinement, while a round still improves by more than ``agree_rtol``.
 
 The result is the per-sample minimum over everything queried. A sample that no method flips gets an
 upper bound of ``inf`` and status ``"failed"`` (never 0, never the clean input). Every reported point is
@@ -34,6 +35,7 @@ from torch import nn
 from ..checks import MarginkitWarning, check_inputs, check_labels, check_logits, check_model_mode, looks_like_probabilities, model_device
 from ..norms import Norm, as_norm
 from ._oracle import Best, Oracle, is_flipped
+from .alm import alm_rows
 from .ball import ball_rows
 from .fab import fab_rows, first_step_targets
 from .refine import line_search, project_from_origin
@@ -41,7 +43,7 @@ from .refine import line_search, project_from_origin
 __all__ = ["InputMarginResult", "input_margin", "METHODS"]
 
 METHODS = ("auto", "fab", "ball")
-_CODES = {0: "fab", 1: "ball", 2: "line-search", 3: "projection", 4: "fab"}
+_CODES = {0: "fab", 1: "ball", 2: "line-search", 3: "projection", 4: "fab", 6: "lagrangian"}
 
 
 @dataclass
@@ -120,6 +122,7 @@ def input_margin(
     topk: int = 3,
     fab_steps: int = 40,
     ball_steps: int = 100,
+    alm_steps: int = 200,
     extra_rounds: int = 2,
     agree_rtol: float = 1e-3,
     refine: bool = True,
@@ -182,7 +185,7 @@ def input_margin(
     rows_per = num_classes - 1 if method in ("auto", "fab") else 1
     chunk = batch_size or _default_batch(flat.shape[1], rows_per)
     settings = {"method": method, "norm": str(norm), "bounds": [lo_b, hi_b], "budget": budget, "max_seconds": max_seconds,
-                "seed": seed, "topk": topk, "fab_steps": fab_steps, "ball_steps": ball_steps, "extra_rounds": extra_rounds,
+                "seed": seed, "topk": topk, "fab_steps": fab_steps, "ball_steps": ball_steps, "alm_steps": alm_steps, "extra_rounds": extra_rounds,
                 "agree_rtol": agree_rtol, "refine": refine, "targeted": target is not None, "reference": "prediction" if labels is None else "labels"}
 
     upper = torch.full((n,), float("inf"), dtype=torch.float64)
@@ -228,7 +231,7 @@ def input_margin(
         todo = everyone[~mis]
         if todo.numel():
             _run(method, oracle, best, todo, clean, box_lo, box_hi, norm, num_classes, tg,
-                 topk=topk, fab_steps=fab_steps, ball_steps=ball_steps, extra_rounds=extra_rounds,
+                 topk=topk, fab_steps=fab_steps, ball_steps=ball_steps, alm_steps=alm_steps, extra_rounds=extra_rounds,
                  agree_rtol=agree_rtol, refine=refine)
         # Re-check every reported point with one plain forward pass.
         found = best.found.clone()
@@ -293,7 +296,7 @@ def _polish(oracle: Oracle, best: Best, samples: torch.Tensor, clean: torch.Tens
 
 def _run(method: str, oracle: Oracle, best: Best, todo: torch.Tensor, clean: torch.Tensor, box_lo, box_hi, norm: Norm,
          num_classes: int, target: torch.Tensor | None, *, topk: int, fab_steps: int, ball_steps: int,
-         extra_rounds: int, agree_rtol: float, refine: bool) -> None:
+         alm_steps: int, extra_rounds: int, agree_rtol: float, refine: bool) -> None:
     x0 = best.x0
     untargeted = torch.full_like(todo, -1) if target is None else target[todo]
     fab_best = best.fresh()
@@ -322,6 +325,13 @@ def _run(method: str, oracle: Oracle, best: Best, todo: torch.Tensor, clean: tor
     disagree = (a - b).abs() > agree_rtol * torch.minimum(a, b)
     disagree = disagree | (torch.isfinite(a) != torch.isfinite(b))
     redo = todo[disagree & best.found[todo]]
+    if norm is Norm.L2 and target is None and alm_steps > 0 and redo.numel():
+        # A third, independent opinion where the two disagree: the augmented-Lagrangian walk often ends in
+        # another basin of a non-linear model (on the demo CNN it tightens the median by ~0.6%).
+        alm_best = best.fresh()
+        alm_rows(oracle, alm_best, redo, torch.full_like(redo, -1), box_lo, box_hi, steps=alm_steps, rms=0.9)
+        _polish(oracle, alm_best, redo, clean, box_lo, box_hi, norm)
+        best.absorb(alm_best)
     for _ in range(extra_rounds):
         # Only where the two methods disagree: both continue from the best point either found.
         if redo.numel() == 0 or oracle.out_of_time():

@@ -122,7 +122,9 @@ def margin_table(
             res = engine(model, xb, None, norm, bounds=bounds, **(attack_options or {}))
             rows["input_margin_upper"] = res.upper.double().cpu().numpy()
             rows["status"] = np.asarray(res.status, dtype=object)
-            rows["method"][:] = str(getattr(res, "method", "attack"))
+            method = getattr(res, "method", "attack")  # one name for the batch, or one per sample
+            rows["method"] = (np.full(len(pos), method, dtype=object) if isinstance(method, str)
+                              else np.asarray(method, dtype=object))
             extra = getattr(res, "extra_columns", None)  # engine-specific columns (target class, passes, ...)
             if callable(extra):
                 rows.update(extra())

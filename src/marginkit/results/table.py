@@ -46,6 +46,9 @@ COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "adversarial_class": (pa.int64(), "class the best verified adversarial is classified as; -1 if none"),
     "passes": (pa.int64(), "forward + backward passes spent on this sample's input margin; -1 if not computed"),
 }
+# The columns of the first schema version: every table has them; later additions are filled in on read.
+CORE_COLUMNS = ("index", "label", "prediction", "logit_margin", "feature_margin", "input_margin_upper",
+                "input_margin_lower", "norm", "method", "status", "seconds")
 SCHEMA = pa.schema([(name, typ) for name, (typ, _) in COLUMNS.items()])
 
 
@@ -186,7 +189,11 @@ def read_results(path: str | os.PathLike) -> tuple[pd.DataFrame, dict[str, Any]]
     if os.path.exists(meta_path):
         with open(meta_path) as fh:
             meta = json.load(fh)
-    missing = [c for c in COLUMNS if c not in df.columns]
+    missing = [c for c in CORE_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"{table_path}: not a marginkit results table (missing columns {missing})")
+    defaults = empty_columns(len(df))
+    for c in COLUMNS:  # columns added to the schema later read as 'unknown' in older tables
+        if c not in df.columns:
+            df[c] = defaults[c]
     return df, meta
