@@ -228,3 +228,23 @@ def test_margin_table_uses_engine_with_budget_and_new_columns():
     found = df["status"] == "found"
     assert (df.loc[found, "adversarial_class"] != df.loc[found, "prediction"]).all()
     assert df["method"].str.startswith("marginkit-auto").all()
+
+
+def test_lagrangian_walk_finds_upper_bounds_on_affine_model():
+    from marginkit.attacks._oracle import Best, Oracle
+    from marginkit.attacks.alm import alm_rows
+
+    model, x = _linear(), _inputs(10)
+    flat = x.reshape(10, -1)
+    with torch.no_grad():
+        ref = model(x).argmax(1)
+    oracle = Oracle(model, (1, 12), 10, torch.device("cpu"), budget=None, deadline=None, max_rows=64)
+    best = Best(flat, ref, "l2")
+    rows = torch.arange(10)
+    alm_rows(oracle, best, rows, torch.full_like(rows, -1), torch.zeros_like(flat), torch.ones_like(flat), steps=150, rms=0.9)
+    exact = affine_input_margin(model, x, norm="l2").margin
+    ok = best.found & torch.isfinite(exact)
+    assert ok.sum() >= 8
+    assert (best.value[ok] >= exact[ok] * (1 - 1e-6)).all()
+    assert (best.value[ok] <= exact[ok] * 1.2).all()
+    assert torch.equal(oracle.passes, torch.full((10,), 300))

@@ -7,8 +7,10 @@ forward and one backward pass: delta moves along the normalised gradient of L (d
 x_0 balanced by the constraint push, so iterates travel along the boundary towards smaller norm and
 can cross between linear regions, which boundary projection cannot), is clipped to the box, the
 multiplier follows mu <- max(0, mu + rho c) and rho grows by 1.2 when the violation did not shrink by
-5% over 10 steps. Step sizes decay exponentially from 0.1 to 0.001 of the sample's length scale (its
-best norm so far, or the linearised distance before any success).
+5% over 10 steps. Step sizes decay exponentially from ``lr`` to ``lr_final``. With ``rms`` (the engine
+uses 0.9) each coordinate's step is normalised by a running RMS of its gradient, as in ALMA, and the
+step sizes are in input units; without it the step is the normalised gradient times the sample's
+length scale (its best norm so far, or the linearised distance before any success).
 """
 
 from __future__ import annotations
