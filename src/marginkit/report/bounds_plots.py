@@ -3,8 +3,9 @@ one line per layer, one panel per model. PNG via matplotlib Agg."""
 
 from __future__ import annotations
 
-import os
 from typing import Any, Sequence
+
+from .plotting import pyplot, save_figure
 
 __all__ = ["plot_layerwise_bounds"]
 
@@ -12,11 +13,9 @@ __all__ = ["plot_layerwise_bounds"]
 def plot_layerwise_bounds(rows: Sequence[dict] | Any, path: str, loss: str = "cross_entropy") -> str:
     """Plot ``loss`` ("cross_entropy" or "zero_one") against eps for every (model, layer) of a
     :class:`marginkit.bounds.LayerwiseResult` table (``rows`` or its DataFrame); returns ``path``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import pandas as pd
+
+    plt = pyplot()
 
     df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
     if loss not in ("cross_entropy", "zero_one"):
@@ -35,8 +34,4 @@ def plot_layerwise_bounds(rows: Sequence[dict] | Any, path: str, loss: str = "cr
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("lower bound on robust " + ("cross-entropy (nats)" if loss == "cross_entropy" else "0-1 loss"))
     axes[0][-1].legend(title="layer", fontsize=8)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -7,31 +7,16 @@ from typing import Any
 
 import numpy as np
 
+from .plotting import pyplot, save_figure
+
 __all__ = ["plot_binned_consistency", "plot_detection_curves", "plot_auroc_vs_eps", "plot_algorithm1_errors",
            "plot_isometry", "write_consistency_plots"]
-
-
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig: Any, path: str) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    _plt().close(fig)
-    return path
 
 
 def plot_binned_consistency(report: Any, path: str) -> str:
     """Fig. 2: input margin in quantile bins (x) against the mean score with its standard error (y),
     one panel per score, Kendall tau in the title."""
-    plt = _plt()
+    plt = pyplot()
     items = [(k, r) for k, r in report.scores.items() if r.binned is not None]
     if not items:
         raise ValueError("no score has a binned consistency to plot")
@@ -47,12 +32,12 @@ def plot_binned_consistency(report: Any, path: str) -> str:
         if b.n_infinite_margin:
             ax.text(0.02, 0.95, f"{b.n_infinite_margin} with d_in = inf not binned", transform=ax.transAxes,
                     fontsize=7, va="top")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_detection_curves(report: Any, path: str) -> str:
     """ROC and precision-recall curves of each score at the report's eps."""
-    plt = _plt()
+    plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 4))
     drawn = 0
     for r in report.scores.values():
@@ -75,12 +60,12 @@ def plot_detection_curves(report: Any, path: str) -> str:
     ax2.set_title("precision-recall", fontsize=10)
     for ax in (ax1, ax2):
         ax.legend(fontsize=8, loc="lower right" if ax is ax1 else "lower left")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_auroc_vs_eps(report: Any, path: str) -> str:
     """Appendix B.2 / Fig. 9: AUROC of each score against eps (undefined eps are left out)."""
-    plt = _plt()
+    plt = pyplot()
     series = [(r.name, [(m.eps, m.auroc) for m in r.sweep if m.defined]) for r in report.scores.values()]
     series = [(name, pts) for name, pts in series if pts]
     if not series:
@@ -95,12 +80,12 @@ def plot_auroc_vs_eps(report: Any, path: str) -> str:
     ax.axhline(0.5, color="grey", ls=":", lw=1)
     ax.legend(fontsize=8)
     ax.set_title("non-robust detection over eps", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_algorithm1_errors(report: Any, path: str) -> str:
     """Figs. 5/10: absolute error (percentage points) of Algorithm 1 per subset size, logit margin."""
-    plt = _plt()
+    plt = pyplot()
     groups = [(r.name, a) for r in report.scores.values() for a in r.algorithm1 if a.quantity == "robust_accuracy"]
     if not groups:
         raise ValueError("the report has no Algorithm 1 evaluation")
@@ -109,18 +94,18 @@ def plot_algorithm1_errors(report: Any, path: str) -> str:
     ax.set_xticks(range(1, len(groups) + 1), [f"{n}\nn={a.n_subset}" for n, a in groups], fontsize=8)
     ax.set_ylabel("|estimate - full-set robust acc.| (pp)")
     ax.set_title(f"Algorithm 1 at eps={report.eps:.4g}, {groups[0][1].repeats} subsets each", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_isometry(isometry: Any, path: str) -> str:
     """Fig. 6: ||x - x'|| against ||h(x) - h(x')|| for each sample and its adversarial example."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.5, 3.8))
     ax.scatter(isometry.input_distance, isometry.feature_distance, s=6, alpha=0.6)
     ax.set_xlabel(f"||x - x'||_{isometry.norm}")
     ax.set_ylabel(f"||h(x) - h(x')||_{isometry.norm}")
     ax.set_title(f"local isometry: tau {isometry.kendall_tau:.3f}, r {isometry.pearson_r:.3f}", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def write_consistency_plots(report: Any, out_dir: str, isometry: Any = None) -> dict[str, str]:
