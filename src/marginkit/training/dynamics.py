@@ -27,6 +27,7 @@ from torch import nn
 from ..attacks.pgd import random_ball
 from ..checks import check_inputs, check_labels, check_logits, check_model_mode, model_device
 from ..margins.output import pairwise_gaps
+from ..margins.table import is_affine
 from ..norms import Norm, as_norm, batch_norm
 from ..results.provenance import atomic_write_text
 
@@ -35,7 +36,6 @@ __all__ = [
     "LipschitzMargin",
     "lipschitz_margin",
     "estimate_margins",
-    "is_affine",
     "MarginTracker",
     "LinearDynamics",
     "linear_margin_dynamics",
@@ -122,19 +122,6 @@ def lipschitz_margin(
     correct = logits.argmax(1) == ref
     bound = torch.where(correct, bound.clamp_min(0), torch.zeros_like(bound))
     return LipschitzMargin(bound, lip, gaps, ref, float(radius), int(samples), norm)
-
-
-def is_affine(model: nn.Module, input_shape: tuple[int, ...]) -> bool:
-    """True when the model is an affine map (checked on random points, see ``affine_parameters``)."""
-    if not any(isinstance(m, (nn.ReLU, nn.MaxPool2d, nn.Sigmoid, nn.Tanh, nn.GELU)) for m in model.modules()):
-        from ..margins import affine_parameters
-
-        try:
-            affine_parameters(model, input_shape)
-            return True
-        except ValueError:
-            return False
-    return False
 
 
 def estimate_margins(
