@@ -61,3 +61,7 @@ def test_main_job_writes_table_summary_and_histogram(tmp_path):
     summary = json.load(open(os.path.join(out_dir, "summary.json")))["summary"]
     assert summary["samples"] == 60 and 0.5 < summary["accuracy"] <= 1.0
     assert os.path.getsize(os.path.join(out_dir, "margins_hist.png")) > 1000
+    text = open(os.path.join(out_dir, "summary.md")).read()
+    assert "## Robustness read from the margins" in text and "Kendall tau" in text
+    metrics = json.load(open(os.path.join(out_dir, "consistency", "metrics.json")))
+    assert metrics["n"] == 60 and -1 <= metrics["scores"]["logit_margin"]["consistency"]["kendall"]["value"] <= 1

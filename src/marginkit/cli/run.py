@@ -1,5 +1,6 @@
 """``marginkit run``: the main job. Train (or reuse) a demo model, write its per-sample margin table and
-a short human-readable summary with histograms."""
+a human-readable report: margin statistics, histograms, robust accuracy read from the input margins and
+margin consistency."""
 
 from __future__ import annotations
 
@@ -22,9 +23,11 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, help="seed for split, training and attacks"),
         out: str = typer.Option(os.path.join("runs", "quickstart"), help="output directory"),
         overwrite: bool = typer.Option(False, help="discard a previous run in --out instead of resuming it"),
+        eps: float = typer.Option(None, help="threat radius for robust accuracy and detection "
+                                             "(default: l2 1.0, linf 0.05, l1 5.0)"),
     ) -> None:
         """Main job on the embedded data: demo model -> per-sample margins -> summary.md + histogram."""
-        from marginkit.report import write_summary
+        from marginkit.report.quickstart import write_quickstart_report
         from marginkit.training import demo_model
 
         from .margins import compute_table
@@ -35,7 +38,7 @@ def register(app: typer.Typer) -> None:
         df, settings = compute_table(info.path, None, dataset, None, "test", norm, input_margin, limit, seed,
                                      table_dir, overwrite)
         settings["train"] = info.metadata.get("train")
-        paths = write_summary(df, out, f"marginkit quickstart: {arch} on {dataset}", settings)
+        paths = write_quickstart_report(df, out, f"marginkit quickstart: {arch} on {dataset}", settings, eps, seed)
         console.print(open(paths["markdown"]).read().split("## Settings")[0])
         typer.echo(f"table {os.path.join(table_dir, 'results.parquet')}; report {paths['markdown']}; "
                    f"histogram {paths['histogram']}")
