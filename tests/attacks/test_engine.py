@@ -248,3 +248,12 @@ def test_lagrangian_walk_finds_upper_bounds_on_affine_model():
     assert (best.value[ok] >= exact[ok] * (1 - 1e-6)).all()
     assert (best.value[ok] <= exact[ok] * 1.2).all()
     assert torch.equal(oracle.passes, torch.full((10,), 300))
+
+
+def test_time_limit_leaves_unattacked_samples_failed_with_nan_points():
+    model, x = _mlp(), _inputs(6)
+    res = input_margin(model, x, norm="l2", max_seconds=0.0, batch_size=2, return_adv=True)
+    assert res.stopped == "max_seconds"
+    failed = torch.tensor([s == "failed" for s in res.status])
+    assert failed[2:].all() and (res.passes[2:] == 0).all()
+    assert torch.isnan(res.adversarial[failed]).all()

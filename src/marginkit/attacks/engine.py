@@ -52,7 +52,8 @@ class InputMarginResult:
 
     ``upper``: (N,) float64 norm of the best verified adversarial, ``inf`` where the attack failed and 0
     for samples already misclassified w.r.t. given labels. ``target``: (N,) class the adversarial is
-    classified as (-1 when failed). ``passes``: (N,) forward + backward passes spent per sample.
+    classified as (-1 when failed). ``passes``: (N,) forward + backward passes the attacks spent per
+    sample (the shape probe and the final re-check forward pass are not counted).
     ``status``: "found" | "failed" | "misclassified". ``seconds``: (N,) wall time per sample (its
     batch's time divided evenly). ``stage``: the step of the schedule that produced each best point
     (``"fab"``, ``"ball"``, ``"line-search"``, ``"projection"``; ``"clean"`` for misclassified samples).
@@ -196,7 +197,7 @@ def input_margin(
     refs = torch.zeros(n, dtype=torch.long)
     status: list[str] = ["failed"] * n
     meth: list[str] = [""] * n
-    adv = flat.detach().cpu().clone() if return_adv else None
+    adv = torch.full(flat.shape, float("nan"), dtype=flat.dtype) if return_adv else None  # unattacked rows stay NaN
     stopped = None
     warned_prob = False
     zero_grads = nonfinite = 0
