@@ -120,18 +120,12 @@ def margin_table(
         elif mode == "attack":
             engine = _attack_engine()
             res = engine(model, xb, None, norm, bounds=bounds, **(attack_options or {}))
-            rows["input_margin_upper"] = res.upper.double().cpu().numpy()
-            rows["status"] = np.asarray(res.status, dtype=object)
-            method = getattr(res, "method", "attack")  # one name for the batch, or one per sample
-            rows["method"] = (np.full(len(pos), method, dtype=object) if isinstance(method, str)
-                              else np.asarray(method, dtype=object))
-            extra = getattr(res, "extra_columns", None)  # engine-specific columns (target class, passes, ...)
-            if callable(extra):
-                rows.update(extra())
+            rows.update(res.columns())  # upper bound, status, per-sample method, seconds, class reached, passes
         else:
             rows["method"][:] = "none"
             rows["status"][:] = "not_computed"
-        rows["seconds"][:] = (time.perf_counter() - t0) / len(pos)
+        if mode != "attack":  # the engine times each sample itself
+            rows["seconds"][:] = (time.perf_counter() - t0) / len(pos)
         frame = pd.DataFrame(rows)
         if store is not None:
             store.append(frame)
