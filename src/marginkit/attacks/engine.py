@@ -35,6 +35,7 @@ from torch import nn
 from ..checks import MarginkitWarning, check_inputs, check_labels, check_logits, check_model_mode, looks_like_probabilities, model_device
 from ..norms import Norm, as_norm
 from ._oracle import Best, Oracle, is_flipped
+from .affine import LADDER, affine_cost, affine_rows
 from .alm import alm_rows
 from .ball import ball_rows
 from .fab import fab_rows, first_step_targets
@@ -43,7 +44,9 @@ from .refine import line_search, project_from_origin
 __all__ = ["InputMarginResult", "input_margin", "METHODS"]
 
 METHODS = ("auto", "fab", "ball")
-_CODES = {0: "fab", 1: "ball", 2: "line-search", 3: "projection", 4: "fab", 6: "lagrangian"}
+_CODES = {0: "fab", 1: "ball", 2: "line-search", 3: "projection", 4: "fab", 6: "lagrangian", 7: "affine-exact"}
+# affine_parameters builds a (D + 1, D) float64 identity; above this many features the shortcut is skipped.
+_AFFINE_MAX_FEATURES = 8192
 
 
 @dataclass
@@ -56,7 +59,10 @@ class InputMarginResult:
     sample (the shape probe and the final re-check forward pass are not counted).
     ``status``: "found" | "failed" | "misclassified". ``seconds``: (N,) wall time per sample (its
     batch's time divided evenly). ``stage``: the step of the schedule that produced each best point
-    (``"fab"``, ``"ball"``, ``"line-search"``, ``"projection"``; ``"clean"`` for misclassified samples).
+    (``"fab"``, ``"ball"``, ``"line-search"``, ``"projection"``, ``"lagrangian"``; ``"affine-exact"`` for
+    the exact shortcut on affine models; ``"clean"`` for misclassified samples). ``lower``: (N,) float64
+    certified lower bound, the exact margin where the affine shortcut ran (0 for misclassified samples),
+    NaN where nothing certifies one.
     """
 
     upper: torch.Tensor
@@ -72,6 +78,7 @@ class InputMarginResult:
     total_seconds: float
     stopped: str | None = None
     adversarial: torch.Tensor | None = None
+    lower: torch.Tensor | None = None
     settings: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -95,6 +102,7 @@ class InputMarginResult:
         """All input-margin columns of the per-sample results table (:data:`marginkit.results.COLUMNS`)."""
         return {
             "input_margin_upper": self.upper.detach().cpu().numpy().astype(np.float64),
+            **({} if self.lower is None else {"input_margin_lower": self.lower.detach().cpu().numpy().astype(np.float64)}),
             "norm": np.array([str(self.norm)] * len(self.status), dtype=object),
             "status": np.array(self.status, dtype=object),
             "seconds": self.seconds.detach().cpu().numpy().astype(np.float64),
@@ -127,6 +135,7 @@ def input_margin(
     extra_rounds: int = 2,
     agree_rtol: float = 1e-3,
     refine: bool = True,
+    exact_affine: bool = True,
     return_adv: bool = False,
     batch_size: int | None = None,
     max_rows: int = 1024,
@@ -141,6 +150,10 @@ def input_margin(
     whole call. Either limit returns the best points found so far (``stopped`` says which limit hit).
     ``topk``: runner-up classes attacked by boundary projection; ``method``: ``"auto"`` (see the module
     docstring), ``"fab"`` (targeted projection + refinement) or ``"ball"`` (adaptive ball + refinement).
+    ``exact_affine``: with ``method="auto"`` and no ``target``, an affine model (:func:`marginkit.margins.is_affine`)
+    gets its exact box-constrained margin (``lower``) and a verified point just past it (stage
+    ``"affine-exact"``) instead of the iterative schedule; the n + 9 forward passes that recover (A, c) are
+    charged to the samples evenly (see :mod:`marginkit.attacks.affine`).
     Deterministic: the algorithm draws no random numbers, so ``seed`` is recorded but does not change
     results (kept so that randomised options stay reproducible and results tables record it).
     """
@@ -187,9 +200,21 @@ def input_margin(
     chunk = batch_size or _default_batch(flat.shape[1], rows_per)
     settings = {"method": method, "norm": str(norm), "bounds": [lo_b, hi_b], "budget": budget, "max_seconds": max_seconds,
                 "seed": seed, "topk": topk, "fab_steps": fab_steps, "ball_steps": ball_steps, "alm_steps": alm_steps, "extra_rounds": extra_rounds,
-                "agree_rtol": agree_rtol, "refine": refine, "targeted": target is not None, "reference": "prediction" if labels is None else "labels"}
+                "agree_rtol": agree_rtol, "refine": refine, "exact_affine": exact_affine, "targeted": target is not None, "reference": "prediction" if labels is None else "labels"}
+
+    affine_map = None
+    affine_charge = 0
+    if method == "auto" and exact_affine and target is None and flat.shape[1] <= _AFFINE_MAX_FEATURES:
+        from ..margins.affine import affine_parameters
+        from ..margins.table import is_affine
+
+        affine_charge = affine_cost(flat.shape[1], n)
+        if (budget is None or affine_charge + 1 + len(LADDER) <= budget) and is_affine(model, shape):
+            affine_map = affine_parameters(model, shape)
+    settings["affine_shortcut"] = affine_map is not None
 
     upper = torch.full((n,), float("inf"), dtype=torch.float64)
+    lower = torch.full((n,), float("nan"), dtype=torch.float64)
     tgt_out = torch.full((n,), -1, dtype=torch.long)
     fwd = torch.zeros(n, dtype=torch.long)
     bwd = torch.zeros(n, dtype=torch.long)
@@ -230,6 +255,13 @@ def input_margin(
         if tg is not None:
             mis = mis | (tg == ref)
         todo = everyone[~mis]
+        proven = torch.zeros(m, dtype=torch.bool, device=device)
+        if affine_map is not None and todo.numel():
+            oracle.forwards[todo] += affine_charge
+            exact, resolved = affine_rows(oracle, best, todo, *affine_map, (lo_b, hi_b), box_lo, box_hi, norm)
+            lower[s + todo.cpu()] = exact.cpu()
+            proven[todo[resolved]] = True
+            todo = todo[~resolved]  # a rung that did not verify: the iterative schedule takes over
         if todo.numel():
             _run(method, oracle, best, todo, clean, box_lo, box_hi, norm, num_classes, tg,
                  topk=topk, fab_steps=fab_steps, ball_steps=ball_steps, alm_steps=alm_steps, extra_rounds=extra_rounds,
@@ -252,6 +284,8 @@ def input_margin(
         val = best.value.cpu()
         cls = best.cls.cpu()
         val[mis.cpu()] = 0.0
+        if affine_map is not None:
+            lower[sl][mis.cpu()] = 0.0
         cls[mis.cpu()] = pred[mis].cpu()
         upper[sl] = val
         tgt_out[sl] = cls
@@ -261,9 +295,10 @@ def input_margin(
         codes = best.code.cpu().tolist()
         mis_l = mis.cpu().tolist()
         fnd = found.cpu().tolist()
+        prv = proven.cpu().tolist()
         for i in range(m):  # bookkeeping strings only, not a hot path
             status[s + i] = "misclassified" if mis_l[i] else ("found" if fnd[i] else "failed")
-            meth[s + i] = "clean" if mis_l[i] else (_CODES.get(codes[i], "") if fnd[i] else "")
+            meth[s + i] = "clean" if mis_l[i] else (_CODES.get(codes[i], "") if fnd[i] else ("affine-exact" if prv[i] else ""))
         if adv is not None:
             # failed samples get NaN rows, never the clean input; misclassified ones are their own adversarial
             keep = torch.where(mis[:, None], x0, torch.full_like(x0, float("nan")))
@@ -286,7 +321,7 @@ def input_margin(
     return InputMarginResult(upper=upper, target=tgt_out, passes=fwd + bwd, status=status, seconds=secs, norm=norm,
                              labels=refs, stage=meth, forwards=fwd, backwards=bwd,
                              total_seconds=time.perf_counter() - t_start, stopped=stopped, adversarial=adversarial,
-                             settings=settings)
+                             lower=lower if affine_map is not None else None, settings=settings)
 
 
 def _polish(oracle: Oracle, best: Best, samples: torch.Tensor, clean: torch.Tensor, box_lo, box_hi, norm: Norm) -> None:

@@ -20,6 +20,20 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+@app.callback()
+def _global_options(
+    threads: int = typer.Option(None, "--threads", help="torch intra-op threads (default: torch's choice); "
+                                "1 is often fastest on a busy machine"),
+) -> None:
+    if threads is not None:
+        if threads < 1:
+            raise typer.BadParameter("--threads must be at least 1")
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 for _name in COMMAND_MODULES:
     importlib.import_module(f"{__name__}.{_name}").register(app)
 
