@@ -13,7 +13,7 @@ from torch import nn
 from marginkit.attacks import input_margin
 from marginkit.checks import MarginkitWarning
 from marginkit.margins import affine_input_margin
-from marginkit.norms import batch_norm
+from marginkit.norms import as_norm, batch_norm
 
 NORMS = ["l2", "linf", "l1"]
 
@@ -51,8 +51,9 @@ def _inputs(n=24, d=12, seed=1):
 
 @pytest.mark.parametrize("norm", NORMS)
 def test_matches_exact_margin_of_affine_model(norm):
+    # the iterative schedule itself (the affine shortcut is tested below)
     model, x = _linear(), _inputs()
-    res = input_margin(model, x, norm=norm)
+    res = input_margin(model, x, norm=norm, exact_affine=False)
     exact = affine_input_margin(model, x, norm=norm)
     finite = torch.isfinite(exact.margin)
     assert finite.any()
@@ -146,12 +147,13 @@ def test_targeted_margin_reaches_the_target():
         pred = model(x).argmax(1)
     target = (pred + 2) % 4
     res = input_margin(model, x, norm="l2", target=target, return_adv=True)
-    untargeted = input_margin(model, x, norm="l2")
+    untargeted = affine_input_margin(model, x, norm="l2").margin  # exact: a lower bound for any target
     found = torch.tensor([s == "found" for s in res.status])
     assert found.any()
     with torch.no_grad():
         assert (model(res.adversarial[found]).argmax(1) == target[found]).all()
-    assert (res.upper[found] >= untargeted.upper[found] * (1 - 1e-6)).all()
+    assert (res.upper[found] >= untargeted[found] * (1 - 1e-9)).all()
+    assert res.lower is None and "affine-exact" not in res.stage  # the shortcut is untargeted only
 
 
 @pytest.mark.parametrize("method", ["fab", "ball"])
@@ -181,8 +183,14 @@ def test_zero_gradients_warn_and_fail():
             return torch.tensor([1.0, 0.0]).expand(x.shape[0], 2) + 0 * x.reshape(x.shape[0], -1)[:, :2]
 
     with pytest.warns(MarginkitWarning, match="zero input gradient"):
-        res = input_margin(Flat().eval(), _inputs(3), norm="l2")
+        res = input_margin(Flat().eval(), _inputs(3), norm="l2", exact_affine=False)
     assert res.status == ["failed"] * 3
+    # the model is (trivially) affine: the exact shortcut proves that nothing flips it
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MarginkitWarning)
+        res = input_margin(Flat().eval(), _inputs(3), norm="l2")
+    assert res.status == ["failed"] * 3 and res.stage == ["affine-exact"] * 3
+    assert torch.isinf(res.lower).all() and torch.isinf(res.upper).all()
 
 
 def test_errors_for_bad_inputs():
@@ -257,3 +265,63 @@ def test_time_limit_leaves_unattacked_samples_failed_with_nan_points():
     failed = torch.tensor([s == "failed" for s in res.status])
     assert failed[2:].all() and (res.passes[2:] == 0).all()
     assert torch.isnan(res.adversarial[failed]).all()
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_pruned_exact_solver_agrees_with_affine_input_margin(norm):
+    from marginkit.attacks.affine import exact_affine_margin
+    from marginkit.margins import affine_parameters
+
+    model = _linear(seed=2, d=12, c=6)
+    x = _inputs(40, seed=5) * 1.4 - 0.2  # some coordinates outside [0, 1]: the box is widened to contain them
+    a, c = affine_parameters(model, (1, 12))
+    flat = x.reshape(40, -1).double()
+    ref = (flat @ a.T + c).argmax(1)
+    margin, target = exact_affine_margin(a, c, flat, ref, (0 - flat).clamp_max(0), (1 - flat).clamp_min(0), as_norm(norm))
+    exact = affine_input_margin(model, x, norm=norm)
+    assert torch.allclose(margin, exact.margin, rtol=1e-12, atol=0)
+    assert torch.equal(target, exact.target)
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_affine_shortcut_is_exact_verified_and_counts_its_passes(norm):
+    model, x = _linear(seed=1), _inputs(30, seed=2)
+    res = input_margin(model, x, norm=norm, return_adv=True)
+    exact = affine_input_margin(model, x, norm=norm)
+    finite = torch.isfinite(exact.margin)
+    assert finite.sum() >= 25 and res.settings["affine_shortcut"]
+    assert res.stage == ["affine-exact"] * 30
+    assert torch.equal(res.lower, exact.margin)
+    ratio = res.upper[finite] / exact.margin[finite]
+    assert (ratio >= 1).all() and (ratio <= 1.001).all(), (ratio.min(), ratio.max())
+    assert torch.equal(res.target[finite], exact.target[finite])
+    adv = res.adversarial[finite]
+    assert (adv >= 0).all() and (adv <= 1).all()
+    with torch.no_grad():
+        assert (model(adv).argmax(1) != model(x[finite]).argmax(1)).all()
+    assert torch.allclose(batch_norm((adv - x[finite]).double(), norm), res.upper[finite], rtol=1e-5)
+    # 1 clean forward + ceil((12 + 9) / 30) for recovering (A, c) + at least one verification rung, no backward
+    assert (res.backwards == 0).all() and (res.forwards >= 3).all() and (res.forwards <= 7).all()
+    assert res.columns()["input_margin_lower"].shape == (30,)
+
+
+def test_affine_shortcut_with_labels_and_opt_out():
+    model, x = _linear(), _inputs(10)
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+    labels = pred.clone()
+    labels[:2] = (pred[:2] + 1) % 4
+    res = input_margin(model, x, labels, norm="linf")
+    assert res.status[:2] == ["misclassified"] * 2 and (res.lower[:2] == 0).all() and (res.upper[:2] == 0).all()
+    assert res.stage[2:] == ["affine-exact"] * 8
+    off = input_margin(model, x, norm="linf", exact_affine=False)
+    assert off.lower is None and "affine-exact" not in off.stage and not off.settings["affine_shortcut"]
+    # a budget too small to pay for recovering (A, c) leaves the iterative schedule in charge
+    small = input_margin(model, x[:1], norm="linf", budget=10)
+    assert not small.settings["affine_shortcut"] and (small.passes <= 10).all()
+
+
+def test_non_affine_model_has_no_lower_bound():
+    res = input_margin(_mlp(), _inputs(4), norm="l2", budget=60)
+    assert res.lower is None and not res.settings["affine_shortcut"]
+    assert "input_margin_lower" not in res.columns()

@@ -1,7 +1,8 @@
 """Affine shortcut of the engine: the exact box-constrained margin and a verified point just past it.
 
-For an affine model f(x) = A x + c the margin is known in closed form (:func:`marginkit.margins.affine_input_margin`,
-one-constraint box-constrained problems solved exactly). The exact minimiser lands on the decision boundary,
+For an affine model f(x) = A x + c the margin is known exactly: the minimum over classes of one-constraint
+box-constrained problems, solved by the exact solver of :mod:`marginkit.margins.affine` (the one behind
+:func:`marginkit.margins.affine_input_margin`), here only for the classes that can win. The exact minimiser lands on the decision boundary,
 a tie that flips or not depending on float32 rounding, so it is never reported. Instead the same exact
 solver is asked for the half-space towards the reached class with the gap shifted by a small ladder of
 multiples of the flip test's margin of safety; every rung is checked with one plain forward pass of the
@@ -15,12 +16,13 @@ import math
 
 import torch
 
-from ..margins.affine import _solve_halfspace, affine_input_margin
+from ..margins.affine import _solve_halfspace
+from ..margins.output import hyperplane_distances
 from ..norms import Norm
 from ._oracle import SAFETY, SEARCH_FACTOR, Best, Oracle
 
 # Multiples of the search-time safety margin tried as gap shifts, smallest first (one forward pass each).
-LADDER = (1.5, 3.0, 10.0, 100.0)
+LADDER = (1.1, 1.5, 3.0, 10.0, 100.0)
 
 
 def affine_cost(n_features: int, n_samples: int) -> int:
@@ -29,42 +31,83 @@ def affine_cost(n_features: int, n_samples: int) -> int:
     return math.ceil((n_features + 9) / max(1, n_samples))
 
 
+def exact_affine_margin(a: torch.Tensor, c: torch.Tensor, x: torch.Tensor, ref: torch.Tensor, lo: torch.Tensor,
+                        hi: torch.Tensor, norm: Norm) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact box-constrained margin of ``x`` (N, D) float64 and the class reached, solving only the classes
+    that can win.
+
+    Same per-class solver and result as :func:`marginkit.margins.affine_input_margin` (a test checks they
+    agree), with pruning: the distance to a class's hyperplane without the box (eq. 2,
+    :func:`~marginkit.margins.hyperplane_distances`) is a lower bound on its box-constrained distance, so the
+    class with the smallest unboxed distance is solved first and the others only where their lower bound
+    beats it. On the demo MNIST linear model this solves 1.7 (l2) / 3 (linf) of the 9 classes per sample.
+    ``lo``/``hi``: (N, D) room in the box (lo <= 0 <= hi).
+    """
+    n = x.shape[0]
+    z = x @ a.T + c
+    lb = hyperplane_distances(z, a, norm, ref).clamp_min(0)
+    lb = lb.scatter(1, ref[:, None], float("inf"))
+    first = lb.argmin(1)
+    rows = torch.arange(n, device=x.device)
+
+    def solve(i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+        gap = z[i, ref[i]] - z[i, j]
+        return _solve_halfspace(a[j] - a[ref[i]], gap, lo[i], hi[i], norm)[0]
+
+    # all lower bounds infinite: no class can overtake even without the box (also keeps ``first`` != ref)
+    margin = torch.where(torch.isfinite(lb.gather(1, first[:, None]).squeeze(1)), solve(rows, first), float("inf"))
+    target = first.clone()
+    cand = (lb < margin[:, None]).scatter(1, first[:, None], False)
+    ci, cj = cand.nonzero(as_tuple=True)
+    if ci.numel():
+        val = solve(ci, cj)
+        per = torch.full_like(margin, float("inf")).scatter_reduce(0, ci, val, "amin")
+        better = per < margin
+        win = better[ci] & (val == per[ci])
+        # several classes can tie exactly; keep the lowest class index, as affine_input_margin does
+        jbest = torch.full_like(target, a.shape[0]).scatter_reduce(0, ci[win], cj[win], "amin")
+        margin = torch.where(better, per, margin)
+        target = torch.where(better, jbest, target)
+    target = torch.where(torch.isfinite(margin), target, torch.full_like(target, -1))
+    return margin, target
+
+
 def affine_rows(oracle: Oracle, best: Best, samples: torch.Tensor, a: torch.Tensor, c: torch.Tensor,
-                bounds: tuple[float, float], box_lo: torch.Tensor, box_hi: torch.Tensor, norm: Norm, *,
-                code: int = 7) -> tuple[torch.Tensor, torch.Tensor]:
+                box_lo: torch.Tensor, box_hi: torch.Tensor, norm: Norm, *, code: int = 7) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact margins of ``samples`` and verified adversarial points just past them.
 
-    ``a`` (C, D), ``c`` (C,) float64 are the affine map; ``bounds`` the scalar box, ``box_lo``/``box_hi`` the
-    per-sample box widened to contain the inputs (:func:`affine_input_margin` widens the same way). Returns ``(exact, resolved)``: the exact margin per
-    sample (float64, ``inf`` when no point of the box flips the decision) and a mask of samples settled by
-    the shortcut (a verified point was recorded in ``best``, or the exact margin is infinite so none exists).
-    Samples not resolved (no rung of the ladder verified) are left to the iterative schedule.
+    ``a`` (C, D), ``c`` (C,) float64 are the affine map; ``box_lo``/``box_hi`` the per-sample box (widened
+    to contain the inputs, as :func:`marginkit.margins.affine_input_margin` does). Returns ``(exact, resolved)``:
+    the exact margin per sample (float64, ``inf`` when no point of the box flips the decision) and a mask of
+    samples settled by the shortcut (a verified point was recorded in ``best``, or the exact margin is
+    infinite so none exists). Samples no rung of the ladder verified are left to the iterative schedule.
+    One forward pass per sample and rung tried; a rung is tried only where the smaller ones did not verify.
     """
     x0 = best.x0[samples]
+    x64 = x0.double()
     ref = best.ref[samples]
-    exact = affine_input_margin((a, c), x0, ref, norm, bounds=bounds)
-    margin, tgt = exact.margin, exact.target
+    lo = (box_lo[samples].double() - x64).clamp_max(0)
+    hi = (box_hi[samples].double() - x64).clamp_min(0)
+    margin, tgt = exact_affine_margin(a, c, x64, ref, lo, hi, norm)
     resolved = ~torch.isfinite(margin)
-    fin = torch.isfinite(margin).nonzero().squeeze(1)
-    if fin.numel() == 0:
+    todo = torch.isfinite(margin).nonzero().squeeze(1)
+    if todo.numel() == 0:
         return margin, resolved
-    x64 = x0[fin].double()
-    z = x64 @ a.T + c
-    r, t = ref[fin], tgt[fin]
+    z = x64[todo] @ a.T + c
+    r, t = ref[todo], tgt[todo]
     w = a[t] - a[r]
     gap = (z.gather(1, r[:, None]) - z.gather(1, t[:, None])).squeeze(1)
     scale = z.abs().amax(1).clamp_min(1.0)
-    k = len(LADDER)
-    mult = torch.tensor(LADDER, dtype=torch.float64, device=a.device)
-    need = (gap[:, None] + mult[None, :] * SEARCH_FACTOR * SAFETY * scale[:, None]).reshape(-1)
-    rep = lambda v: v.repeat_interleave(k, 0)  # noqa: E731 - (sample, rung) rows
-    lo = (box_lo[samples[fin]].double() - x64).clamp_max(0)
-    hi = (box_hi[samples[fin]].double() - x64).clamp_min(0)
-    _, d = _solve_halfspace(rep(w), need, rep(lo), rep(hi), norm)
-    owner = rep(samples[fin])
-    cand = x0[fin].repeat_interleave(k, 0) + d.to(x0.dtype)
-    cand = torch.minimum(torch.maximum(cand, box_lo[owner]), box_hi[owner])
-    zc = oracle.logits(cand, owner)
-    best.offer(owner, cand, zc, code)
-    resolved[fin] = best.found[samples[fin]]
+    for mult in LADDER:
+        if todo.numel() == 0 or oracle.out_of_time():
+            break
+        need = gap + mult * SEARCH_FACTOR * SAFETY * scale
+        _, d = _solve_halfspace(w, need, lo[todo], hi[todo], norm)
+        owner = samples[todo]
+        cand = x0[todo] + d.to(x0.dtype)
+        cand = torch.minimum(torch.maximum(cand, box_lo[owner]), box_hi[owner])
+        best.offer(owner, cand, oracle.logits(cand, owner), code)
+        left = ~best.found[owner]
+        todo, w, gap, scale = todo[left], w[left], gap[left], scale[left]
+    resolved = resolved | best.found[samples]
     return margin, resolved

@@ -258,7 +258,7 @@ def input_margin(
         proven = torch.zeros(m, dtype=torch.bool, device=device)
         if affine_map is not None and todo.numel():
             oracle.forwards[todo] += affine_charge
-            exact, resolved = affine_rows(oracle, best, todo, *affine_map, (lo_b, hi_b), box_lo, box_hi, norm)
+            exact, resolved = affine_rows(oracle, best, todo, *affine_map, box_lo, box_hi, norm)
             lower[s + todo.cpu()] = exact.cpu()
             proven[todo[resolved]] = True
             todo = todo[~resolved]  # a rung that did not verify: the iterative schedule takes over

@@ -9,6 +9,10 @@ compared on the same points by :func:`compare_layerwise`.
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
@@ -18,7 +22,9 @@ import torch
 from torch import nn
 
 from ..checks import check_inputs, check_labels
+from ..models.checkpoint import model_fingerprint
 from ..norms import as_norm
+from ..results.provenance import atomic_write_bytes
 from .budgets import pair_budgets
 from .extractors import analysis_layers, feature_chain
 from .graph import PairBudgets, bound_curves
@@ -63,13 +69,16 @@ def layerwise_bounds(model: nn.Module, inputs: torch.Tensor, labels: torch.Tenso
                      eps_grid: Sequence[float] = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0), *,
                      layers: Sequence[str] | None = None, bounds: tuple[float, float] | None = None,
                      neighbours: int | None = 5, max_pairs: int | None = None, cross_entropy: bool = True,
-                     solver: str = "CLARABEL", model_name: str = "model", progress: bool = False) -> LayerwiseResult:
+                     solver: str = "CLARABEL", model_name: str = "model", progress: bool = False,
+                     checkpoint_dir: str | None = None) -> LayerwiseResult:
     """Lower bounds on the robust 0-1 and cross-entropy losses of any classifier built on each layer.
 
     ``inputs`` (N, ...) are the vertices (training points) with ``labels``; ``layers`` defaults to
     :func:`analysis_layers` (input, then every layer up to the penultimate). ``bounds=None`` follows the
     paper (perturbed points may leave the box); ``neighbours``/``max_pairs`` limit the ReLU descent (see
-    :func:`pair_budgets`).
+    :func:`pair_budgets`). With ``checkpoint_dir`` every layer's verified pair budgets are saved as
+    soon as they are found, keyed on the model's weights, the points and every setting, so an interrupted
+    run resumes at the first unfinished layer.
     """
     t0 = time.perf_counter()
     check_inputs(inputs)
@@ -92,9 +101,17 @@ def layerwise_bounds(model: nn.Module, inputs: torch.Tensor, labels: torch.Tenso
 
         it = tqdm(names, desc=f"layers ({model_name})")
     for depth, name in enumerate(it):
-        chain = feature_chain(model, name, input_shape)
-        pb = pair_budgets(chain, x, y, norm, eps_grid=eps_grid, bounds=bounds, prior=prior, neighbours=neighbours,
-                          max_pairs=max_pairs, solver=solver, progress=progress)
+        ckpt = None
+        if checkpoint_dir is not None:
+            key = _layer_key(model, x, y, name, depth, norm.value, eps_grid, bounds, neighbours, max_pairs, solver)
+            ckpt = os.path.join(checkpoint_dir, f"{model_name}-{depth:02d}-{name}-{key}.npz")
+        pb = _load_budgets(ckpt) if ckpt and os.path.exists(ckpt) else None
+        if pb is None:
+            chain = feature_chain(model, name, input_shape)
+            pb = pair_budgets(chain, x, y, norm, eps_grid=eps_grid, bounds=bounds, prior=prior, neighbours=neighbours,
+                              max_pairs=max_pairs, solver=solver, progress=progress)
+            if ckpt:
+                _save_budgets(ckpt, pb)
         t1 = time.perf_counter()
         curves = bound_curves(pb, eps_grid, cross_entropy=cross_entropy, solver=solver)
         for e, z, c, ne in zip(curves.eps, curves.zero_one, curves.cross_entropy, curves.edges):
@@ -108,6 +125,44 @@ def layerwise_bounds(model: nn.Module, inputs: torch.Tensor, labels: torch.Tenso
                 "max_pairs": max_pairs, "solver": solver, "points": int(len(x)),
                 "per_class": {int(c): int((y == c).sum()) for c in np.unique(y)}, "layers": names}
     return LayerwiseResult(rows, stats, settings, time.perf_counter() - t0, budgets)
+
+
+def _layer_key(model: nn.Module, x: np.ndarray, y: np.ndarray, *settings: object) -> str:
+    h = hashlib.sha256(model_fingerprint(model).encode())
+    h.update(np.ascontiguousarray(x).tobytes())
+    h.update(np.ascontiguousarray(y).tobytes())
+    h.update(json.dumps(settings, default=str).encode())
+    return h.hexdigest()[:12]
+
+
+def _jsonable(v: object) -> object:
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, dict):
+        return {str(k): _jsonable(u) for k, u in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(u) for u in v]
+    return v
+
+
+def _save_budgets(path: str, pb: PairBudgets) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, i=pb.i, j=pb.j, budget=pb.budget, labels=pb.labels,
+             info=np.array(json.dumps(_jsonable(pb.info), default=str)))
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _load_budgets(path: str) -> PairBudgets | None:
+    """A layer saved by an earlier run, or None when the file is unreadable (then it is recomputed)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            info = json.loads(str(z["info"]))
+            info["resumed_from"] = os.path.basename(path)
+            return PairBudgets(z["i"], z["j"], z["budget"], z["labels"], info)
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def compare_layerwise(models: Mapping[str, nn.Module], inputs: torch.Tensor, labels: torch.Tensor,

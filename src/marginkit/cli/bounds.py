@@ -46,6 +46,7 @@ def register(app: typer.Typer) -> None:
         solver: str = typer.Option("CLARABEL", help="cvxpy solver for the cone programs"),
         no_ce: bool = typer.Option(False, help="skip the cross-entropy bound (0-1 only)"),
         seed: int = typer.Option(0, help="seed of the point subset and the demo training"),
+        resume: bool = typer.Option(True, help="reuse layers finished by an interrupted run (saved in OUT/checkpoints)"),
     ) -> None:
         """Lower bounds on the robust 0-1 / cross-entropy loss of ANY classifier trained on each layer."""
         from marginkit.bounds import balanced_subset, compare_layerwise
@@ -86,7 +87,8 @@ def register(app: typer.Typer) -> None:
         res = compare_layerwise(models, x[idx], y[idx], norm, grid,
                                 layers=[s.strip() for s in layers.split(",")] if layers else None,
                                 bounds=(0.0, 1.0) if box else None, neighbours=neighbours or None,
-                                max_pairs=max_pairs, cross_entropy=not no_ce, solver=solver, progress=True)
+                                max_pairs=max_pairs, cross_entropy=not no_ce, solver=solver, progress=True,
+                                checkpoint_dir=os.path.join(out, "checkpoints") if resume else None)
         os.makedirs(out, exist_ok=True)
         import pandas as pd
 
