@@ -65,3 +65,13 @@ def test_main_job_writes_table_summary_and_histogram(tmp_path):
     assert "## Robustness read from the margins" in text and "Kendall tau" in text
     metrics = json.load(open(os.path.join(out_dir, "consistency", "metrics.json")))
     assert metrics["n"] == 60 and -1 <= metrics["scores"]["logit_margin"]["consistency"]["kendall"]["value"] <= 1
+
+
+def test_train_checkpoint_dir_resumes(tmp_path):
+    ck = str(tmp_path / "state")
+    args = ["train", "--dataset", "digits", "--arch", "linear", "--epochs", "2", "--checkpoint-dir", ck,
+            "--out", str(tmp_path / "a.pt")]
+    first = _ok(args)
+    assert os.path.exists(os.path.join(ck, "last.pt"))
+    second = _ok(args[:-1] + [str(tmp_path / "b.pt")])  # everything already trained: same weights
+    assert first.split("test accuracy")[1].split()[0] == second.split("test accuracy")[1].split()[0]

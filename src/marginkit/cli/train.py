@@ -26,6 +26,8 @@ def register(app: typer.Typer) -> None:
         depth: int = typer.Option(None, help="hidden layers of an mlp (default: preset)"),
         seed: int = typer.Option(0, help="seed for the split, initialisation and batch order"),
         out: str = typer.Option(None, help="checkpoint path (default: runs/models/<dataset>-<arch>-<method>.pt)"),
+        checkpoint_dir: str = typer.Option(None, help="save the training state after every epoch here; rerunning "
+                                          "the same command resumes from it"),
         help_methods: bool = typer.Option(False, "--help-methods", help="list training methods and presets and exit"),
         preset_name: str = typer.Option(None, "--preset", help="named preset (method, hyperparameters, architecture), "
                                         "e.g. paper-mnist-mlp-amr; --epochs/--lr/--hidden/--depth/--method-param override it"),
@@ -66,7 +68,7 @@ def register(app: typer.Typer) -> None:
         meth = get_method(method, **params)
         model = build_model(spec, seed=seed)
         console.print(f"training {arch} on {ds.name} ({ds.x_train.shape[0]} train / {ds.x_test.shape[0]} test) with {method}")
-        result = train_model(model, ds, config, meth, progress=True)
+        result = train_model(model, ds, config, meth, progress=True, checkpoint_dir=checkpoint_dir)
         path = out or os.path.join("runs", "models", f"{ds.name}-{arch}-{method}.pt")
         save_checkpoint(path, result.model, spec, {
             "dataset": ds.name, "dataset_spec": dataset, "classes": ds.meta.get("classes"), "seed": seed,
