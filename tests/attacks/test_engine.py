@@ -325,3 +325,25 @@ def test_non_affine_model_has_no_lower_bound():
     res = input_margin(_mlp(), _inputs(4), norm="l2", budget=60)
     assert res.lower is None and not res.settings["affine_shortcut"]
     assert "input_margin_lower" not in res.columns()
+
+
+def test_fab_pruning_stops_far_rows_without_losing_the_best_point():
+    from marginkit.attacks._oracle import Best, Oracle
+    from marginkit.attacks.fab import fab_rows, first_step_targets
+    from marginkit.norms import Norm
+
+    model, x = _mlp(seed=2), _inputs(16, seed=3)
+    flat = x.reshape(16, -1)
+    with torch.no_grad():
+        ref = model(x).argmax(1)
+    lo, hi = torch.zeros_like(flat), torch.ones_like(flat)
+    out = {}
+    for prune in (None, 1.1):
+        oracle = Oracle(model, (1, 12), 16, torch.device("cpu"), budget=None, deadline=None, max_rows=64)
+        best = Best(flat, ref, "l2")
+        owner, aim, start = first_step_targets(oracle, best, lo, hi, Norm.L2, 4, topk=3)
+        fab_rows(oracle, best, owner, aim, start, lo, hi, Norm.L2, steps=30, prune=prune)
+        out[prune] = (best.value.clone(), int(oracle.passes.sum()))
+    assert out[1.1][1] < out[None][1]  # some rows stopped early
+    assert torch.isfinite(out[1.1][0]).all()
+    assert (out[1.1][0] <= out[None][0] * 1.01).all()

@@ -117,12 +117,15 @@ class Oracle:
             gs.append(g.detach())
             ws.append(w.detach())
         z, g, w = torch.cat(zs), torch.cat(gs), torch.cat(ws)
-        bad = ~torch.isfinite(z).all(1) | ~torch.isfinite(w).all(1)
+        # one pass over the (R, D) gradient: amax propagates NaN and inf, and is 0 exactly for a zero gradient
+        w_max = w.abs().amax(1) if w.shape[1] else w.new_zeros(w.shape[0])
+        bad = ~torch.isfinite(z.sum(1)) | ~torch.isfinite(w_max)
         if bad.any():
             self.nonfinite_rows += int(bad.sum())
             w = torch.where(bad[:, None], torch.zeros_like(w), w)
             g = torch.where(bad, torch.full_like(g, float("-inf")), g)
-        self.zero_grad_rows += int((w.abs().amax(1) == 0).sum())
+            w_max = torch.where(bad, torch.zeros_like(w_max), w_max)
+        self.zero_grad_rows += int((w_max == 0).sum())
         ones = torch.ones_like(owner)
         self.forwards.index_add_(0, owner, ones)
         self.backwards.index_add_(0, owner, ones)

@@ -42,9 +42,12 @@ def alm_rows(oracle: Oracle, best: Best, owner: torch.Tensor, aim: torch.Tensor,
         rows = torch.arange(n, device=owner.device)[oracle.can_afford(owner, 2)]
         if rows.numel() == 0:
             break
-        o, d = owner[rows], delta[rows]
-        z, g, w = oracle.value_and_grad(x0[rows] + d, o, ref[rows], aim[rows])
-        best.offer(o, x0[rows] + d, z, code)
+        whole = rows.numel() == n  # every row live (no budget): skip the (R, D) gathers
+        o, d = (owner, delta) if whole else (owner[rows], delta[rows])
+        x0r, lo_r, hi_r = (x0, lo, hi) if whole else (x0[rows], lo[rows], hi[rows])
+        xr = x0r + d
+        z, g, w = oracle.value_and_grad(xr, o, ref[rows], aim[rows])
+        best.offer(o, xr, z, code)
         if t == 0:
             scale[rows] = (g.abs() / w.norm(dim=1).clamp_min(1e-12)).clamp_min(1e-6)
         bst = best.value[o].to(d.dtype)
@@ -57,9 +60,17 @@ def alm_rows(oracle: Oracle, best: Best, owner: torch.Tensor, aim: torch.Tensor,
         if rms is None:
             d = d - step * s[:, None] * grad / grad.norm(dim=1, keepdim=True).clamp_min(1e-12)
         else:
-            sq[rows] = rms * sq[rows] + (1 - rms) * grad * grad
-            d = d - step * grad / (sq[rows] / (1 - rms ** (t + 1))).sqrt().clamp_min(1e-12)
-        delta[rows] = torch.minimum(torch.maximum(d, lo[rows]), hi[rows])
+            sq_r = rms * (sq if whole else sq[rows]) + (1 - rms) * grad * grad
+            if whole:
+                sq = sq_r
+            else:
+                sq[rows] = sq_r
+            d = d - step * grad / (sq_r / (1 - rms ** (t + 1))).sqrt().clamp_min(1e-12)
+        d = torch.minimum(torch.maximum(d, lo_r), hi_r)
+        if whole:
+            delta = d
+        else:
+            delta[rows] = d
         mu[rows] = lam
         viol_now[rows] = torch.maximum(viol_now[rows], c.clamp_min(0))
         if (t + 1) % 10 == 0:

@@ -44,10 +44,13 @@ def ball_rows(oracle: Oracle, best: Best, owner: torch.Tensor, aim: torch.Tensor
         rows = rows[oracle.can_afford(owner[rows], 2)]
         if rows.numel() == 0:
             break
-        o, d = owner[rows], delta[rows]
-        z, g, w = oracle.value_and_grad(x0[rows] + d, o, ref[rows], aim[rows])
+        whole = rows.numel() == owner.shape[0]  # every row live: skip the (R, D) gathers
+        o, d = (owner, delta) if whole else (owner[rows], delta[rows])
+        x0r, lo_r, hi_r = (x0, lo, hi) if whole else (x0[rows], lo[rows], hi[rows])
+        xr = x0r + d
+        z, g, w = oracle.value_and_grad(xr, o, ref[rows], aim[rows])
         prev = best.value[o].clone()
-        flipped = best.offer(o, x0[rows] + d, z, code)
+        flipped = best.offer(o, xr, z, code)
         gained = (best.value[o] < prev * (1 - 1e-4)) | ~torch.isfinite(prev)
         stall[rows] = torch.where(gained, torch.zeros_like(stall[rows]), stall[rows] + 1)
         gam = cosine(t, steps, gamma, gamma / 10)
@@ -62,7 +65,10 @@ def ball_rows(oracle: Oracle, best: Best, owner: torch.Tensor, aim: torch.Tensor
                                     torch.maximum(e * (1 + gam), torch.nan_to_num(linear, posinf=0.0))))
         d = d + step * e[:, None] * steepest_direction(w, norm)
         d = project_ball(d, e, norm)
-        d = torch.minimum(torch.maximum(d, lo[rows]), hi[rows])
-        delta[rows] = d
+        d = torch.minimum(torch.maximum(d, lo_r), hi_r)
+        if whole:
+            delta = d
+        else:
+            delta[rows] = d
         eps[rows] = e
     return delta

@@ -37,7 +37,7 @@ def project_linearised(w: torch.Tensor, g: torch.Tensor, at: torch.Tensor, base:
 
 def fab_rows(oracle: Oracle, best: Best, owner: torch.Tensor, aim: torch.Tensor, start: torch.Tensor,
              box_lo: torch.Tensor, box_hi: torch.Tensor, norm: Norm, *, steps: int, alpha_max: float = 0.1,
-             eta: float = 1.05, beta: float = 0.9, patience: int = 5, code: int = 0) -> torch.Tensor:
+             eta: float = 1.05, beta: float = 0.9, patience: int = 5, prune: float | None = None, code: int = 0) -> torch.Tensor:
     """Run targeted FAB on rows (sample ``owner[r]``, class ``aim[r]``) from ``start`` for ``steps`` steps.
 
     One forward and one backward pass per row and step; rows stop when their sample's budget or the
@@ -57,7 +57,10 @@ def fab_rows(oracle: Oracle, best: Best, owner: torch.Tensor, aim: torch.Tensor,
         rows = rows[oracle.can_afford(owner[rows], 2)]
         if rows.numel() == 0:
             break
-        o, xs, x0s = owner[rows], xk[rows], x0[rows]
+        if rows.numel() == owner.shape[0]:  # all rows live (the common case early on): no gathers
+            o, xs, x0s, lo_r, hi_r = owner, xk, x0, lo, hi
+        else:
+            o, xs, x0s, lo_r, hi_r = owner[rows], xk[rows], x0[rows], lo[rows], hi[rows]
         z, g, w = oracle.value_and_grad(xs, o, ref[rows], aim[rows])
         flipped = best.offer(o, xs, z, code)
         value = torch.where(flipped, batch_norm(xs - x0s, norm).double(), torch.full_like(row_best[rows], float("inf")))
@@ -66,13 +69,17 @@ def fab_rows(oracle: Oracle, best: Best, owner: torch.Tensor, aim: torch.Tensor,
         row_best[rows] = torch.minimum(row_best[rows], value)
         # FAB's pull-back: an adversarial iterate restarts from a point closer to x_0 (beta of the way).
         p = torch.where(flipped[:, None], x0s + beta * (xs - x0s), xs)
-        np_, dp = project_linearised(w, g, xs, p, lo[rows], hi[rows], norm)
-        n0, d0 = project_linearised(w, g, xs, x0s, lo[rows], hi[rows], norm)
+        np_, dp = project_linearised(w, g, xs, p, lo_r, hi_r, norm)
+        n0, d0 = project_linearised(w, g, xs, x0s, lo_r, hi_r, norm)
         alpha = (np_ / (np_ + n0)).nan_to_num(0.0).clamp(0.0, alpha_max)[:, None]
         new = (1 - alpha) * (p + eta * dp) + alpha * (x0s + eta * d0)
-        new = torch.minimum(torch.maximum(new, lo[rows]), hi[rows])
+        new = torch.minimum(torch.maximum(new, lo_r), hi_r)
         ok = (torch.isfinite(np_) & torch.isfinite(n0))[:, None]
         xk[rows] = torch.where(ok, new, p)
+        if prune is not None:
+            # the linearised boundary of this row's class is far beyond its sample's best point: stop the row
+            far = n0.double() > prune * best.value[o]
+            stall[rows] = torch.where(far, torch.full_like(stall[rows], patience), stall[rows])
     return xk
 
 
