@@ -220,8 +220,12 @@ def input_margin(
         from ..margins.table import is_affine
 
         affine_charge = affine_cost(flat.shape[1], n)
-        if (budget is None or affine_charge + 1 + len(LADDER) <= budget) and is_affine(model, shape):
-            affine_map = affine_parameters(model, shape)
+        if budget is None or affine_charge + 1 + len(LADDER) <= budget:
+            try:
+                if is_affine(model, shape):
+                    affine_map = affine_parameters(model, shape)
+            except Exception:  # noqa: BLE001 - an optional shortcut: a model the probe cannot copy or run in float64 gets the iterative schedule
+                affine_map = None
     settings["affine_shortcut"] = affine_map is not None
 
     upper = torch.full((n,), float("inf"), dtype=torch.float64)
