@@ -268,22 +268,6 @@ def test_time_limit_leaves_unattacked_samples_failed_with_nan_points():
 
 
 @pytest.mark.parametrize("norm", NORMS)
-def test_pruned_exact_solver_agrees_with_affine_input_margin(norm):
-    from marginkit.attacks.affine import exact_affine_margin
-    from marginkit.margins import affine_parameters
-
-    model = _linear(seed=2, d=12, c=6)
-    x = _inputs(40, seed=5) * 1.4 - 0.2  # some coordinates outside [0, 1]: the box is widened to contain them
-    a, c = affine_parameters(model, (1, 12))
-    flat = x.reshape(40, -1).double()
-    ref = (flat @ a.T + c).argmax(1)
-    margin, target = exact_affine_margin(a, c, flat, ref, (0 - flat).clamp_max(0), (1 - flat).clamp_min(0), as_norm(norm))
-    exact = affine_input_margin(model, x, norm=norm)
-    assert torch.allclose(margin, exact.margin, rtol=1e-12, atol=0)
-    assert torch.equal(target, exact.target)
-
-
-@pytest.mark.parametrize("norm", NORMS)
 def test_affine_shortcut_is_exact_verified_and_counts_its_passes(norm):
     model, x = _linear(seed=1), _inputs(30, seed=2)
     res = input_margin(model, x, norm=norm, return_adv=True)

@@ -116,3 +116,25 @@ def test_float32_model_works_and_is_computed_in_float64():
     x = torch.rand(5, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     res = affine_input_margin(model, x, norm="linf")
     assert res.margin.dtype == torch.float64 and torch.isfinite(res.margin).all()
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_class_pruning_gives_the_same_minimum_as_solving_every_class(norm):
+    """The exact path solves only classes whose unboxed distance (a lower bound) can beat the best so far."""
+    from marginkit.margins.affine import _solve_halfspace, exact_affine_margin
+    from marginkit.norms import as_norm
+
+    model, x = _case(8, n=40, c=7, d=12)
+    a, c = affine_parameters(model, (12,))
+    x = x * 1.2 - 0.1  # some coordinates outside the box: room is clamped at zero there
+    ref = (x @ a.T + c).argmax(1)
+    lo, hi = (0 - x).clamp_max(0), (1 - x).clamp_min(0)
+    margin, target = exact_affine_margin(a, c, x, ref, lo, hi, as_norm(norm))
+    z = x @ a.T + c
+    every = torch.full((40, 7), float("inf"), dtype=torch.float64)
+    for j in range(7):
+        val, _ = _solve_halfspace(a[j] - a[ref], z.gather(1, ref[:, None]).squeeze(1) - z[:, j], lo, hi, as_norm(norm))
+        every[:, j] = torch.where(ref == j, torch.full_like(val, float("inf")), val)
+    torch.testing.assert_close(margin, every.min(1).values, rtol=1e-12, atol=0)
+    finite = torch.isfinite(margin)
+    assert (every[finite].gather(1, target[finite][:, None]).squeeze(1) == margin[finite]).all()

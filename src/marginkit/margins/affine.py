@@ -28,7 +28,7 @@ from ..checks import check_inputs, check_labels, check_logits, model_device
 from ..norms import Norm, as_norm, batch_norm
 from .output import hyperplane_distances
 
-__all__ = ["AffineMargin", "affine_parameters", "affine_input_margin", "affine_input_margin_solver"]
+__all__ = ["AffineMargin", "affine_parameters", "affine_input_margin", "affine_input_margin_solver", "exact_affine_margin"]
 
 
 @dataclass
@@ -141,6 +141,47 @@ def _unboxed_delta(w: torch.Tensor, g: torch.Tensor, norm: Norm) -> torch.Tensor
     return torch.zeros_like(w).scatter(1, k, g[:, None] / torch.where(wk == 0, torch.ones_like(wk), wk))
 
 
+def exact_affine_margin(a: torch.Tensor, c: torch.Tensor, x: torch.Tensor, ref: torch.Tensor, lo: torch.Tensor,
+                        hi: torch.Tensor, norm: Norm) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact box-constrained margin of ``x`` (N, D) float64 and the class reached, solving only the classes
+    that can win.
+
+    The core of :func:`affine_input_margin` with a box (also used by the attack engine's affine shortcut).
+    Pruning: the distance to a class's hyperplane without the box (eq. 2,
+    :func:`~marginkit.margins.hyperplane_distances`) is a lower bound on its box-constrained distance, so the
+    class with the smallest unboxed distance is solved first and the others only where their lower bound
+    beats it. On the demo MNIST linear model this solves 1.7 (l2) / 3 (linf) of the 9 classes per sample.
+    ``lo``/``hi``: (N, D) room in the box (lo <= 0 <= hi).
+    """
+    n = x.shape[0]
+    z = x @ a.T + c
+    lb = hyperplane_distances(z, a, norm, ref).clamp_min(0)
+    lb = lb.scatter(1, ref[:, None], float("inf"))
+    first = lb.argmin(1)
+    rows = torch.arange(n, device=x.device)
+
+    def solve(i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+        gap = z[i, ref[i]] - z[i, j]
+        return _solve_halfspace(a[j] - a[ref[i]], gap, lo[i], hi[i], norm)[0]
+
+    # all lower bounds infinite: no class can overtake even without the box (also keeps ``first`` != ref)
+    margin = torch.where(torch.isfinite(lb.gather(1, first[:, None]).squeeze(1)), solve(rows, first), float("inf"))
+    target = first.clone()
+    cand = (lb < margin[:, None]).scatter(1, first[:, None], False)
+    ci, cj = cand.nonzero(as_tuple=True)
+    if ci.numel():
+        val = solve(ci, cj)
+        per = torch.full_like(margin, float("inf")).scatter_reduce(0, ci, val, "amin")
+        better = per < margin
+        win = better[ci] & (val == per[ci])
+        # several classes can tie exactly; keep the lowest class index, as affine_input_margin does
+        jbest = torch.full_like(target, a.shape[0]).scatter_reduce(0, ci[win], cj[win], "amin")
+        margin = torch.where(better, per, margin)
+        target = torch.where(better, jbest, target)
+    target = torch.where(torch.isfinite(margin), target, torch.full_like(target, -1))
+    return margin, target
+
+
 def _prepare(model, inputs, labels, norm):
     norm = as_norm(norm)
     check_inputs(inputs)
@@ -185,22 +226,20 @@ def affine_input_margin(
     lo_b, hi_b = bounds
     margins = torch.empty(n_samples, dtype=torch.float64, device=a.device)
     targets = torch.empty(n_samples, dtype=torch.long, device=a.device)
-    deltas = torch.empty_like(x) if return_delta else None
+    deltas = torch.zeros_like(x) if return_delta else None
     for s in range(0, n_samples, chunk_size):
-        xs, rs, ls = x[s : s + chunk_size], ref[s : s + chunk_size], logits[s : s + chunk_size]
-        b = xs.shape[0]
-        w = (a[None, :, :] - a[rs][:, None, :]).reshape(b * n_classes, -1)
-        g = (ls.gather(1, rs[:, None]) - ls).reshape(-1)
-        lo = (lo_b - xs).repeat_interleave(n_classes, 0).clamp_max(0)
-        hi = (hi_b - xs).repeat_interleave(n_classes, 0).clamp_min(0)
-        val, dl = _solve_halfspace(w, g, lo, hi, norm)
-        val = val.reshape(b, n_classes).scatter(1, rs[:, None], float("inf"))
-        best, tgt = val.min(1)
-        margins[s : s + b] = best
-        targets[s : s + b] = torch.where(torch.isfinite(best), tgt, torch.full_like(tgt, -1))
+        xs, rs = x[s : s + chunk_size], ref[s : s + chunk_size]
+        lo, hi = (lo_b - xs).clamp_max(0), (hi_b - xs).clamp_min(0)
+        best, tgt = exact_affine_margin(a, c, xs, rs, lo, hi, norm)
+        margins[s : s + len(xs)] = best
+        targets[s : s + len(xs)] = tgt
         if deltas is not None:
-            dl = dl.reshape(b, n_classes, -1)
-            deltas[s : s + b] = dl[torch.arange(b, device=dl.device), tgt]
+            ok = torch.isfinite(best)
+            if ok.any():
+                zs = logits[s : s + len(xs)][ok]
+                gap = zs.gather(1, rs[ok][:, None]).squeeze(1) - zs.gather(1, tgt[ok][:, None]).squeeze(1)
+                _, d = _solve_halfspace(a[tgt[ok]] - a[rs[ok]], gap, lo[ok], hi[ok], norm)
+                deltas[s : s + len(xs)][ok] = d
     return AffineMargin(margins, targets, norm, (lo_b, hi_b), deltas.reshape(inputs.shape) if deltas is not None else None)
 
 
