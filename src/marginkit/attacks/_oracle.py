@@ -203,3 +203,13 @@ class Best:
     def fresh(self) -> "Best":
         """An empty tracker for the same samples (an independent run of another method)."""
         return Best(self.x0, self.ref, self.norm, self.target)
+
+
+def live_rows(oracle: "Oracle", owner: torch.Tensor, active: torch.Tensor, cost: int = 2) -> torch.Tensor:
+    """Rows of an iterative attack still worth a step: ``active`` and affordable within their sample's pass
+    budget; none once the time limit is reached. ``oracle`` is anything with ``out_of_time`` and
+    ``can_afford`` (the engine's per-batch view included)."""
+    if oracle.out_of_time():
+        return owner.new_empty(0)
+    rows = torch.nonzero(active).squeeze(1)
+    return rows[oracle.can_afford(owner[rows], cost)]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from ..norms import batch_norm
-from ._oracle import Best, Oracle
+from ._oracle import Best, Oracle, live_rows
 
 
 def alm_rows(oracle: Oracle, best: Best, owner: torch.Tensor, aim: torch.Tensor, box_lo: torch.Tensor,
@@ -37,9 +37,7 @@ def alm_rows(oracle: Oracle, best: Best, owner: torch.Tensor, aim: torch.Tensor,
     viol_now = torch.zeros_like(mu)
     sq = torch.zeros_like(x0)
     for t in range(steps):
-        if oracle.out_of_time():
-            break
-        rows = torch.arange(n, device=owner.device)[oracle.can_afford(owner, 2)]
+        rows = live_rows(oracle, owner, torch.ones(n, dtype=torch.bool, device=owner.device))
         if rows.numel() == 0:
             break
         whole = rows.numel() == n  # every row live (no budget): skip the (R, D) gathers

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from ..norms import Norm, batch_norm, project_ball, steepest_direction
-from ._oracle import Best, Oracle, cosine
+from ._oracle import Best, Oracle, cosine, live_rows
 
 
 def ball_rows(oracle: Oracle, best: Best, owner: torch.Tensor, aim: torch.Tensor, delta: torch.Tensor,
@@ -38,10 +38,7 @@ def ball_rows(oracle: Oracle, best: Best, owner: torch.Tensor, aim: torch.Tensor
     eps = torch.where(torch.isfinite(b0), b0, batch_norm(delta, norm))
     stall = torch.zeros(owner.shape[0], dtype=torch.long, device=owner.device)
     for t in range(steps):
-        if oracle.out_of_time():
-            break
-        rows = torch.arange(owner.shape[0], device=owner.device)[stall < patience]
-        rows = rows[oracle.can_afford(owner[rows], 2)]
+        rows = live_rows(oracle, owner, stall < patience)
         if rows.numel() == 0:
             break
         whole = rows.numel() == owner.shape[0]  # every row live: skip the (R, D) gathers

@@ -19,7 +19,7 @@ import torch
 
 from ..margins.affine import _solve_halfspace
 from ..norms import Norm, batch_norm
-from ._oracle import Best, Oracle
+from ._oracle import Best, Oracle, live_rows
 
 
 def project_linearised(w: torch.Tensor, g: torch.Tensor, at: torch.Tensor, base: torch.Tensor,
@@ -51,10 +51,7 @@ def fab_rows(oracle: Oracle, best: Best, owner: torch.Tensor, aim: torch.Tensor,
     row_best = torch.full((owner.shape[0],), float("inf"), dtype=torch.float64, device=owner.device)
     stall = torch.zeros(owner.shape[0], dtype=torch.long, device=owner.device)
     for _ in range(steps):
-        if oracle.out_of_time():
-            break
-        rows = torch.arange(owner.shape[0], device=owner.device)[stall < patience]
-        rows = rows[oracle.can_afford(owner[rows], 2)]
+        rows = live_rows(oracle, owner, stall < patience)
         if rows.numel() == 0:
             break
         if rows.numel() == owner.shape[0]:  # all rows live (the common case early on): no gathers
