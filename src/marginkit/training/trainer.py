@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -125,7 +126,7 @@ class Trainer:
         if self.config.schedule == "none":
             return self.config.lr
         total = max(1, self.config.epochs * self._steps_per_epoch())
-        return 0.5 * self.config.lr * (1 + torch.cos(torch.tensor(torch.pi * min(step, total) / total)).item())
+        return 0.5 * self.config.lr * (1 + math.cos(math.pi * min(step, total) / total))
 
     def _ckpt_path(self) -> str | None:
         return os.path.join(self.checkpoint_dir, "last.pt") if self.checkpoint_dir else None
