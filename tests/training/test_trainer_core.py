@@ -94,3 +94,13 @@ def test_demo_model_cache_reuses_and_keys_on_settings(shared_cache):
     assert c1.path == c2.path != c3.path
     assert model_fingerprint(m1) == model_fingerprint(m2)
     assert c1.metadata["test_accuracy"] > 0.8
+
+
+def test_cosine_schedule_decays_from_lr_to_zero():
+    ds, spec = _tiny()
+    cfg = TrainConfig(epochs=2, lr=0.1, batch_size=30, schedule="cosine")
+    t = Trainer(build_model(spec, seed=0), ds, cfg)
+    total = 2 * t._steps_per_epoch()
+    assert t._lr_at(0) == pytest.approx(0.1)
+    assert t._lr_at(total // 2) == pytest.approx(0.05, rel=0.05)
+    assert t._lr_at(total) == pytest.approx(0.0, abs=1e-12)
