@@ -95,11 +95,14 @@ class Oracle:
         self.forwards.index_add_(0, owner, torch.ones_like(owner))
         return out
 
-    def value_and_grad(self, x: torch.Tensor, owner: torch.Tensor, ref: torch.Tensor, aim: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def value_and_grad(self, x: torch.Tensor, owner: torch.Tensor, ref: torch.Tensor, aim: torch.Tensor | None,
+                       objective=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Logits, linearised gap g and its gradient at ``x`` (one forward + one backward per row).
 
         ``aim`` >= 0 in a row: g = z_aim - z_ref (the gap towards one class, FAB-T style); -1 or None:
         g = max_{j != ref} z_j - z_ref. g > 0 means the point is on the other side of that boundary.
+        ``objective(z, ref)``, if given, replaces g by another differentiable per-row score of the logits
+        (same sign convention), e.g. the normalised gap of :mod:`.alm`.
         """
         zs, gs, ws = [], [], []
         for sl in _slices(x.shape[0], self.max_rows):
@@ -112,6 +115,8 @@ class Oracle:
                 if aim is not None:
                     a = aim[sl]
                     g = torch.where(a >= 0, z.gather(1, a.clamp_min(0)[:, None]).squeeze(1) - z_ref, g)
+                if objective is not None:
+                    g = objective(z, r)
                 (w,) = torch.autograd.grad(g.sum(), xi)
             zs.append(z.detach())
             gs.append(g.detach())

@@ -1,0 +1,67 @@
+"""Quick probe: marginkit's l2 input margins vs the stored per-sample peer norms of the last full
+``bench/attacks_compare.py`` run (runs/bench_attacks/per_sample.csv), on one or more models.
+
+    OMP_NUM_THREADS=1 python bench/attacks_cnn_l2_probe.py --models cnn
+
+Same 100 points as attacks_compare.py (correct under every model of the full run). The peers are NOT rerun,
+so the "matched" peer runs keep the pass budget of the stored run; rerun attacks_compare.py for final numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+import attacks_compare as ac  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default="cnn")
+    ap.add_argument("--points", type=int, default=100)
+    ap.add_argument("--alm-steps", type=int, default=None, help="override input_margin's alm_steps")
+    ap.add_argument("--set", action="append", default=[], help="extra input_margin option key=int")
+    ap.add_argument("--raw", default="runs/bench_attacks/per_sample.csv")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    from marginkit.attacks import input_margin
+    from marginkit.data import load_dataset
+    from marginkit.training import demo_model
+
+    ds = load_dataset("mnist5k")
+    x_test, y_test = ds.split("test")
+    # the point selection of the full run needs all four models
+    allm = {n: demo_model(n)[0].eval() for n in ("linear", "mlp", "cnn")}
+    allm["mlp-at"] = ac.adversarially_trained_mlp()[0]
+    with torch.no_grad():
+        correct = torch.stack([m(x_test).argmax(1) == y_test for m in allm.values()]).all(0)
+    idx = correct.nonzero().squeeze(1)[: args.points]
+    x, y = x_test[idx], y_test[idx]
+    raw = pd.read_csv(args.raw)
+    for name in args.models.split(","):
+        model = allm[name]
+        t0 = time.perf_counter()
+        kw = {} if args.alm_steps is None else {"alm_steps": args.alm_steps}
+        kw.update({k: int(v) for k, v in (a.split("=") for a in args.set)})
+        res = input_margin(model, x, norm="l2", return_adv=True, **kw)
+        dt = time.perf_counter() - t0
+        val = ac.judge(copy.deepcopy(model).double().eval(), x, y, res.adversarial, "l2")
+        peers = raw[(raw.model == name) & (raw.norm == "l2") & ~raw.method.str.startswith("marginkit")]
+        best = peers.groupby("sample").value.min().reindex(range(len(val))).to_numpy()
+        r = val / best
+        print(f"{name} l2: median norm {np.median(val):.4f} vs peers median {np.median(r):.4f} p95 "
+              f"{np.quantile(r, 0.95):.4f} max {r.max():.4f} passes {res.passes.float().mean():.0f} {dt:.1f}s", flush=True)
+        worst = np.argsort(-r)[:8]
+        print("  worst:", ", ".join(f"#{i} {r[i]:.4f} {res.stage[i]} {int(res.passes[i])}p" for i in worst))
+
+
+if __name__ == "__main__":
+    main()
