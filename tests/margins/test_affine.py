@@ -138,3 +138,43 @@ def test_class_pruning_gives_the_same_minimum_as_solving_every_class(norm):
     torch.testing.assert_close(margin, every.min(1).values, rtol=1e-12, atol=0)
     finite = torch.isfinite(margin)
     assert (every[finite].gather(1, target[finite][:, None]).squeeze(1) == margin[finite]).all()
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_newton_halfspace_solver_matches_the_sorted_breakpoint_solver(norm, dtype):
+    """The Newton sweep of _solve_halfspace against the sort-based exact solution: same norms and points,
+    infeasible rows (inf), rows already satisfied (zero step), zero-gradient coordinates, and the fallback
+    to sorting when the sweep budget is too small to settle."""
+    import marginkit.margins.affine as affine
+    from marginkit.norms import as_norm
+
+    g = torch.Generator().manual_seed(3)
+    r, n = 64, 200
+    w = torch.randn(r, n, generator=g, dtype=torch.float64)
+    w[:, :20] = 0.0
+    x = torch.rand(r, n, generator=g, dtype=torch.float64)
+    x[:, 20:100] = torch.where(torch.rand(r, 80, generator=g, dtype=torch.float64) < 0.5, 0.0, 1.0)  # saturated pixels
+    lo, hi = -x, 1 - x
+    reach = (w.abs() * torch.where(w > 0, hi, -lo)).sum(1)
+    need = reach * torch.rand(r, generator=g, dtype=torch.float64) * 0.9
+    need[:4] = reach[:4] * 1.5  # out of reach of the box
+    need[4:8] = -1.0  # already satisfied
+    args = [t.to(dtype) for t in (w, need, lo, hi)]
+    tol = 1e-5 if dtype is torch.float32 else 1e-12
+    want_v, want_d = affine._solve_halfspace_sorted(*args, as_norm(norm))
+    got_v, got_d = affine._solve_halfspace(*args, as_norm(norm))
+    assert torch.isinf(got_v[:4]).all() and torch.isinf(want_v[:4]).all()
+    assert (got_d[4:8] == 0).all()
+    torch.testing.assert_close(got_v, want_v, rtol=tol, atol=tol)
+    torch.testing.assert_close(got_d, want_d, rtol=tol, atol=tol * float(want_d.abs().max()))
+    assert (got_d >= lo.to(dtype) - tol).all() and (got_d <= hi.to(dtype) + tol).all()
+    feasible = torch.isfinite(want_v)
+    assert ((w.to(dtype) * got_d).sum(1)[feasible] >= need.to(dtype).clamp_min(0)[feasible] * (1 - tol) - tol).all()
+    old = affine._NEWTON_ITERS
+    try:
+        affine._NEWTON_ITERS = 1  # too few sweeps: unsettled rows fall back to the sort
+        v1, _ = affine._solve_halfspace(*args, as_norm(norm))
+    finally:
+        affine._NEWTON_ITERS = old
+    torch.testing.assert_close(v1, want_v, rtol=tol, atol=tol)

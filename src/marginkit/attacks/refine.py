@@ -3,8 +3,8 @@
 Two moves, both only ever replacing a sample's best point by a verified smaller one:
 
 * ``line_search``: along the segment x_0 + t (x_adv - x_0) (inside the box, since the box is convex) find
-  the smallest t that still flips, by alternating secant (regula falsi on the flip gap, fast on the
-  piecewise-linear gap of ReLU networks) and bisection steps (guaranteed halving). Forward passes only.
+  the smallest t that still flips, by the Illinois variant of regula falsi on the flip gap (fast on the
+  piecewise-linear gap of ReLU networks). Forward passes only.
 * ``project_from_origin``: linearise the gap to the reached class at the (boundary) best point and take
   the exact box-constrained minimum-norm step from x_0 onto that hyperplane, slightly overshot
   (FAB's projection with alpha = 1). On an affine model this is the exact margin; on a ReLU network it
@@ -27,8 +27,14 @@ def _margin_gap(logits: torch.Tensor, ref: torch.Tensor, target: torch.Tensor | 
 
 
 def line_search(oracle: Oracle, best: Best, samples: torch.Tensor, clean_logits: torch.Tensor, *, steps: int = 20,
-                code: int = 2, rtol: float = 1e-7) -> None:
-    """Shrink the best point of ``samples`` towards x_0 along the segment (see module docstring)."""
+                code: int = 2, rtol: float = 1e-6) -> None:
+    """Shrink the best point of ``samples`` towards x_0 along the segment (see module docstring).
+
+    The flip gap along the segment brackets the boundary in [t_lo, t_hi]; each step queries the
+    Illinois-modified regula falsi point (the secant of the bracket, with the end value that survived
+    twice in a row halved, so both ends converge superlinearly instead of one end sticking). A row stops once the bracket is within ``rtol`` of t_hi: the
+    boundary lies inside it, so no further step can shrink the norm by more than that fraction.
+    """
     samples = samples[best.found[samples]]
     if samples.numel() == 0:
         return
@@ -40,31 +46,37 @@ def line_search(oracle: Oracle, best: Best, samples: torch.Tensor, clean_logits:
     t_hi = torch.ones_like(t_lo)
     g_lo = _margin_gap(clean_logits[samples], ref, tgt).clamp_max(0)
     g_hi = torch.full_like(t_lo, float("nan"))  # unknown until measured; the first step bisects
-    for s in range(steps):
+    kept = torch.zeros_like(t_lo)  # +1: t_hi moved last step, -1: t_lo moved, 0: nothing yet
+    for _ in range(steps):
         if oracle.out_of_time():
             break
         live = ((t_hi - t_lo) > rtol * t_hi) & oracle.can_afford(samples, 1)
         if not live.any():
             break
         idx = live.nonzero().squeeze(1)
-        mid = 0.5 * (t_lo[idx] + t_hi[idx])
-        if s % 2 == 1:
-            gl, gh = g_lo[idx], g_hi[idx]
-            sec = t_lo[idx] + (t_hi[idx] - t_lo[idx]) * (-gl) / (gh - gl)
-            # keep the secant point strictly inside the bracket, else bisect
-            width = t_hi[idx] - t_lo[idx]
-            good = torch.isfinite(sec) & (sec > t_lo[idx] + 1e-3 * width) & (sec < t_hi[idx] - 1e-3 * width)
-            mid = torch.where(good, sec, mid)
+        lo_i, hi_i = t_lo[idx], t_hi[idx]
+        gl, gh = g_lo[idx], g_hi[idx]
+        width = hi_i - lo_i
+        sec = lo_i + width * (-gl) / (gh - gl)
+        # The secant point, at least ``pad`` inside the bracket: a boundary just below t_hi (the usual case
+        # after a projection) is then closed in one or two steps instead of creeping towards it. Before
+        # the gap at t_hi is known (first step) the probe sits at t_hi - pad.
+        pad = torch.minimum(0.25 * width, 0.4 * rtol * hi_i)
+        mid = torch.where(torch.isfinite(sec), sec, hi_i).clamp(min=lo_i + pad, max=hi_i - pad)
+        mid = torch.where(torch.isfinite(mid), mid, 0.5 * (lo_i + hi_i))
         xm = x0[idx] + mid[:, None] * direction[idx]
         o = samples[idx]
         z = oracle.logits(xm, o)
         best.offer(o, xm, z, code)
         gm = _margin_gap(z, ref[idx], None if tgt is None else tgt[idx])
         up = gm > 0
-        t_hi[idx] = torch.where(up, mid, t_hi[idx])
-        g_hi[idx] = torch.where(up, gm, g_hi[idx])
-        t_lo[idx] = torch.where(up, t_lo[idx], mid)
-        g_lo[idx] = torch.where(up, g_lo[idx], gm.clamp(min=-1e30))
+        k = kept[idx]
+        t_hi[idx] = torch.where(up, mid, hi_i)
+        t_lo[idx] = torch.where(up, lo_i, mid)
+        # Illinois: the end that survives a second time in a row has its gap halved
+        g_hi[idx] = torch.where(up, gm, torch.where(k < 0, 0.5 * gh, gh))
+        g_lo[idx] = torch.where(up, torch.where(k > 0, 0.5 * gl, gl), gm.clamp(min=-1e30))
+        kept[idx] = torch.where(up, torch.ones_like(k), -torch.ones_like(k))
 
 
 def project_from_origin(oracle: Oracle, best: Best, samples: torch.Tensor, box_lo: torch.Tensor, box_hi: torch.Tensor,

@@ -84,6 +84,57 @@ def _solve_halfspace(w: torch.Tensor, g: torch.Tensor, lo: torch.Tensor, hi: tor
 
     ``w``, ``lo``, ``hi``: (R, n); ``g``: (R,). Returns (norm (R,), delta (R, n)); rows whose box cannot
     reach ``g`` get norm inf and a zero delta.
+
+    l2 / linf: the minimiser is s_k = min(t * slope_k, cap_k) (slope |w_k| for l2, 1 for linf) for the
+    smallest t whose gain sum_k |w_k| s_k reaches g. The gain is concave and piecewise linear in t, so
+    Newton's method from t = 0 climbs to that t from below and stops exactly once no coordinate saturates
+    between two iterates (2-4 elementwise sweeps on MNIST-sized rows, several times cheaper than sorting
+    the breakpoints). Rows that have not settled after ``_NEWTON_ITERS`` sweeps get the exact sort-based
+    solution (:func:`_solve_halfspace_sorted`). l1: fractional knapsack (sorted).
+    """
+    if norm is Norm.L1 or w.shape[0] == 0:
+        return _solve_halfspace_sorted(w, g, lo, hi, norm)
+    a = w.abs()
+    cap = torch.where(w > 0, hi, torch.where(w < 0, -lo, torch.zeros_like(hi))).clamp_min(0)
+    need = g.clamp_min(0)
+    feasible = (a * cap).sum(1) >= need
+    tiny = torch.finfo(a.dtype).tiny
+    slope = torch.ones_like(a) if norm is Norm.LINF else a
+    rate = a * slope
+    # coordinates with no room (cap 0) or no effect (w 0) saturate at t = 0 and never count as free
+    brk = torch.where((a > 0) & (cap > 0), cap / slope.clamp_min(tiny), torch.zeros_like(a))
+    t = torch.zeros_like(need)
+    settled = ~feasible | (need == 0)
+    rtol = 64 * torch.finfo(a.dtype).eps
+    for _ in range(_NEWTON_ITERS):
+        if bool(settled.all()):
+            break
+        gain = (a * torch.minimum(t[:, None] * slope, cap)).sum(1)
+        slope_t = (rate * (brk > t[:, None])).sum(1)
+        step = ((need - gain) / slope_t.clamp_min(tiny)).clamp_min(0)
+        # the tangent of a concave gain lies above it: t + step never passes the solution
+        t = torch.where(settled, t, t + step)
+        settled = settled | (step <= rtol * t) | (slope_t <= 0)
+    s = torch.minimum(t[:, None] * slope, cap)
+    delta = torch.sign(w) * s
+    if not bool(settled.all()):
+        rows = (~settled).nonzero().squeeze(1)
+        delta[rows] = _solve_halfspace_sorted(w[rows], g[rows], lo[rows], hi[rows], norm)[1]
+    value = batch_norm(delta, norm)
+    value = torch.where(feasible, value, torch.full_like(value, float("inf")))
+    delta = torch.where(feasible[:, None], delta, torch.zeros_like(delta))
+    return value, delta
+
+
+_NEWTON_ITERS = 12
+
+
+def _solve_halfspace_sorted(w: torch.Tensor, g: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, norm: Norm) -> tuple[torch.Tensor, torch.Tensor]:
+    """min ||delta||_p s.t. w^T delta >= g, lo <= delta <= hi (lo <= 0 <= hi), batched over rows.
+
+    ``w``, ``lo``, ``hi``: (R, n); ``g``: (R,). Returns (norm (R,), delta (R, n)); rows whose box cannot
+    reach ``g`` get norm inf and a zero delta. Sorts the breakpoints of every row: the exact reference
+    of :func:`_solve_halfspace` and its fallback.
     """
     a = w.abs()
     cap = torch.where(w > 0, hi, torch.where(w < 0, -lo, torch.zeros_like(hi))).clamp_min(0)
