@@ -258,6 +258,29 @@ def test_alma_finds_upper_bounds_on_affine_model():
     assert torch.equal(oracle.passes, torch.full((10,), 600))
 
 
+@pytest.mark.parametrize("steps", [50, 300, 2000])
+def test_alma_default_step_size_follows_the_scaled_paper_schedule(steps):
+    """lr None: 0.1 * min(10, max(1, 1000 / steps)), decayed to a final step of 1e-3 (the paper's 1000-step
+    schedule stretched to the run length); an explicit lr keeps the paper's reduction (final lr * 0.01)."""
+    from marginkit.attacks._oracle import Best, Oracle
+    from marginkit.attacks.alm import alma_rows
+
+    model, x = _mlp(), _inputs(6)
+    flat = x.reshape(6, -1)
+    with torch.no_grad():
+        ref = model(x).argmax(1)
+
+    def walk(**kw):
+        oracle = Oracle(model, (1, 12), 6, torch.device("cpu"), budget=None, deadline=None, max_rows=64)
+        best = Best(flat, ref, "l2")
+        alma_rows(oracle, best, torch.arange(6), torch.zeros_like(flat), torch.ones_like(flat), steps=steps, **kw)
+        return best.value
+
+    lr = 0.1 * min(10.0, max(1.0, 1000.0 / steps))
+    torch.testing.assert_close(walk(), walk(lr=lr, lr_reduction=1e-3 / lr), rtol=0, atol=0)
+    torch.testing.assert_close(walk(lr=0.1), walk(lr=0.1, lr_reduction=0.01), rtol=0, atol=0)
+
+
 def test_time_limit_leaves_unattacked_samples_failed_with_nan_points():
     model, x = _mlp(), _inputs(6)
     res = input_margin(model, x, norm="l2", max_seconds=0.0, batch_size=2, return_adv=True)
