@@ -29,6 +29,8 @@ def main() -> None:
     ap.add_argument("--points", type=int, default=100)
     ap.add_argument("--alm-steps", type=int, default=None, help="override input_margin's alm_steps")
     ap.add_argument("--set", action="append", default=[], help="extra input_margin option key=int")
+    ap.add_argument("--alma-lr", type=float, default=None,
+                    help="fixed ALMA step size with the paper's reduction 0.01 (default: the engine's schedule scaled to the run length)")
     ap.add_argument("--raw", default="runs/bench_attacks/per_sample.csv")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -46,6 +48,12 @@ def main() -> None:
     idx = correct.nonzero().squeeze(1)[: args.points]
     x, y = x_test[idx], y_test[idx]
     raw = pd.read_csv(args.raw)
+    if args.alma_lr is not None:
+        import functools
+
+        from marginkit.attacks import alm, engine
+
+        engine.alma_rows = functools.partial(alm.alma_rows, lr=args.alma_lr, lr_reduction=0.01)
     for name in args.models.split(","):
         model = allm[name]
         t0 = time.perf_counter()

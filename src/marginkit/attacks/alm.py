@@ -1,5 +1,5 @@
 """ALMA, the augmented-Lagrangian minimal-norm attack of Rony et al. 2021 ("Augmented Lagrangian
-Adversarial Attacks", ICCV, Algorithm 1), for l2: marginkit's own batched implementation with
+Adversarial Attacks", ICCV, Algorithm 1), for l2 and l1: marginkit's own batched implementation with
 per-row state, talking to the model only through the counted :class:`._oracle.Oracle`.
 
 The problem min ||delta||_2 s.t. y(x_0 + delta) <= 0 is handled through ||delta||_2 + P2(y, rho, mu) with
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from ..norms import batch_norm
+from ..norms import Norm, as_norm, batch_norm
 from ._oracle import SAFETY, SEARCH_FACTOR, Best, Oracle, live_rows
 
 
@@ -44,10 +44,10 @@ def _p2(y: torch.Tensor, mu: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
 def alma_rows(oracle: Oracle, best: Best, owner: torch.Tensor, box_lo: torch.Tensor, box_hi: torch.Tensor, *,
               steps: int, lr: float | torch.Tensor | None = None, lr_reduction: float | None = None, mu_init: float = 1.0, rho_init: float = 1.0,
               check_steps: int = 10, tau: float = 0.95, gamma: float = 1.2, alpha: float = 0.9,
-              code: int = 6) -> None:
-    """ALMA for l2 (Rony et al. 2021, Algorithm 1), untargeted, from x_0 on rows (sample ``owner[r]``).
+              code: int = 6, norm: Norm | str = "l2") -> None:
+    """ALMA (Rony et al. 2021, Algorithm 1) in l2 or l1, untargeted, from x_0 on rows (sample ``owner[r]``).
 
-    Minimises ||delta||_2 + P2(y(x_0 + delta), rho, mu) with y the normalised logit gap (:func:`normalised_gap`,
+    Minimises ||delta||_p + P2(y(x_0 + delta), rho, mu) (p = 2 or 1, as in the paper) with y the normalised logit gap (:func:`normalised_gap`,
     y <= 0 wanted). Per row: the first step uses the penalty alone (the norm has no gradient at 0); the
     multiplier is an exponential average (``alpha``) of dP2/dy, clamped to [1e-6, 1e12]; every
     ``check_steps`` steps rho grows by ``gamma`` if the row has never flipped and y did not drop below
@@ -61,6 +61,10 @@ def alma_rows(oracle: Oracle, best: Best, owner: torch.Tensor, box_lo: torch.Ten
     over the paper's values (docs/input-margins.md).
     Every point queried is offered to ``best`` (the oracle's flip test with its margin of safety decides).
     """
+    norm = as_norm(norm)
+    if norm not in (Norm.L2, Norm.L1):
+        raise ValueError(f"ALMA here supports l2 and l1, got {norm}")
+    l1 = norm is Norm.L1
     tol = 2 * SEARCH_FACTOR * SAFETY  # aim just past what the flip test accepts (ALMA: 1e-4 on the logits)
     objective = lambda z, r: -normalised_gap(z, r, tol)  # noqa: E731 - y, the constraint value (<= 0 wanted)
     x0 = best.x0[owner]
@@ -102,7 +106,8 @@ def alma_rows(oracle: Oracle, best: Best, owner: torch.Tensor, box_lo: torch.Ten
         fa = torch.where((fa > steps) & flipped, torch.full_like(fa, t), fa)
         grad = dp[:, None] * w
         if t > 0:
-            grad = grad + d / batch_norm(d, "l2").clamp_min(1e-12)[:, None]
+            # gradient of the distance term: d / ||d||_2, or sign(d) for ||d||_1 (its subgradient with 0 at 0)
+            grad = grad + (d.sign() if l1 else d / batch_norm(d, "l2").clamp_min(1e-12)[:, None])
         sq_r = alpha * take(sq) + (1 - alpha) * grad * grad
         buf_r = alpha * take(buf) + grad / (sq_r.sqrt() + 1e-8)
         since = (t - fa).clamp_min(0).to(x0.dtype)
