@@ -285,6 +285,22 @@ def test_alma_default_step_size_follows_the_scaled_paper_schedule(steps):
         torch.testing.assert_close(walk(lr=0.1), walk(lr=0.1, lr_reduction=0.01), rtol=0, atol=0)
 
 
+def test_extra_alma_runs_only_add_candidates_and_are_recorded():
+    model, x = _mlp(), _inputs(8)
+    one = input_margin(model, x, norm="l1", alma_lrs=(None,), agree_rtol=0.0)
+    two = input_margin(model, x, norm="l1", alma_lrs=(None, 0.1), agree_rtol=0.0)
+    assert one.settings["alma_lrs"] == [None] and two.settings["alma_lrs"] == [None, 0.1]
+    assert input_margin(model, x[:2], norm="l1").settings["alma_lrs"] == [None, 0.1]  # the l1 default
+    assert input_margin(model, x[:2], norm="l2").settings["alma_lrs"] == [None]
+    found = torch.isfinite(one.upper)
+    assert found.all()
+    # the second run starts from scratch and only adds candidates: on these samples nothing gets worse
+    assert (two.upper <= one.upper * (1 + 1e-6)).all()
+    assert (two.passes >= one.passes).all() and (two.passes > one.passes).any()
+    with pytest.raises(ValueError, match="alma_lrs"):
+        input_margin(model, x, norm="l2", alma_lrs=(0.0,))
+
+
 def test_time_limit_leaves_unattacked_samples_failed_with_nan_points():
     model, x = _mlp(), _inputs(6)
     res = input_margin(model, x, norm="l2", max_seconds=0.0, batch_size=2, return_adv=True)

@@ -2,13 +2,13 @@
 Adversarial Attacks", ICCV, Algorithm 1), for l2 and l1: marginkit's own batched implementation with
 per-row state, talking to the model only through the counted :class:`._oracle.Oracle`.
 
-The problem min ||delta||_2 s.t. y(x_0 + delta) <= 0 is handled through ||delta||_2 + P2(y, rho, mu) with
+The problem min ||delta||_p s.t. y(x_0 + delta) <= 0 is handled through ||delta||_p + P2(y, rho, mu) with
 y the normalised logit gap (difference-of-logits ratio) and P2 the penalty-Lagrangian of the paper. The
 per-row rules (multiplier average, penalty growth, RMSProp-with-momentum step, step size held until the
 first flip and then decayed exponentially) are those of the paper; the iterates walk along the boundary
 towards smaller norm and can cross between linear regions, which boundary projection cannot. Compared
 with a plain PHR walk on the raw gap (marginkit's previous version), these rules tighten the demo-CNN l2
-median from 1.0148 to about 1.004 times the best peer at the same pass count (``bench/attacks_cnn_l2_probe.py``,
+median from 1.0148 to about 1.004 times the best peer at the same pass count (``bench/attacks_probe.py``,
 numbers in docs/input-margins.md).
 """
 

@@ -20,7 +20,7 @@ work spent and a status. The default ``method="auto"`` schedule:
    targeted projection from the best point towards the class it reaches, ball steps from it
    and refinement, while a round still improves by more than ``agree_rtol`` (``extra_rounds``, default 2;
    0 where ALMA ran, since after ALMA these rounds barely move the demo-CNN l2 results for ~100 passes per
-   sample: ``bench/attacks_cnn_l2_probe.py --set extra_rounds=2``).
+   sample: ``bench/attacks_probe.py --set extra_rounds=2``).
 
 The result is the per-sample minimum over everything queried. A sample that no method flips gets an
 upper bound of ``inf`` and status ``"failed"`` (never 0, never the clean input). Every reported point is
@@ -54,11 +54,11 @@ _CODES = {0: "fab", 1: "ball", 2: "line-search", 3: "projection", 4: "fab", 6: "
 # FAB rows whose class's linearised boundary (seen from x_0) is this much farther than their sample's best
 # point stop (on the demo MLPs this cuts 10-15% of the passes and changes no result).
 _FAB_PRUNE = 1.1
-# Initial step sizes of the ALMA runs of step 5 (None: the paper's schedule stretched to ``alm_steps``, see
-# :func:`.alm.alma_rows`). In l1 the point an ALMA run ends at varies far more with its step size (two
-# 300-step runs on the demo CNN differ by -11% / +9% at the 5th / 95th percentile), so a second run with
-# the paper's 0.1 is added there: median ratio to the best peer 1.016 -> 1.001, p95 1.42 -> 1.19 for
-# 1.7x the passes (docs/input-margins.md).
+# Default initial step sizes of the ALMA runs of step 5 (``alma_lrs``; None: the paper's schedule stretched
+# to ``alm_steps``, see :func:`.alm.alma_rows`). In l1 the end point of a run depends much more on its step
+# size, so a second run with the paper's 0.1 is added: on the demo CNN the median ratio to the best peer
+# goes from 1.025 to 1.004 and the p95 from 1.47 to 1.31 for 1.7x the passes; in l2 a second run buys
+# less (1.0002 -> 1.0000 median, 1.029 -> 1.018 p95) for the same 1.7x (docs/input-margins.md).
 _ALMA_STEP_SIZES = {Norm.L2: (None,), Norm.L1: (None, 0.1)}
 _FIRST_BALL_PATIENCE: int | None = None  # None: the independent ball run uses all its steps
 # affine_parameters builds a (D + 1, D) float64 identity; above this many features the shortcut is skipped.
@@ -148,6 +148,7 @@ def input_margin(
     fab_steps: int = 40,
     ball_steps: int | None = None,
     alm_steps: int = 300,
+    alma_lrs: tuple[float | None, ...] | None = None,
     extra_rounds: int | None = None,
     agree_rtol: float = 1e-3,
     refine: bool = True,
@@ -167,7 +168,10 @@ def input_margin(
     ``ball_steps``: steps of the independent adaptive-ball run, default 200 in linf (the FMN-style walk
     needs them there: on the demo CNN they bring the p95 ratio to the best peer from 1.011 to 1.007), 50 in l2
     and l1 with ``method="auto"`` (ALMA follows; on the demo CNN in l2 50 and 100 give the same final results)
-    and 100 otherwise. ``alm_steps``: steps of each ALMA run of step 5 (l2, l1; 0 turns them off). ``topk``: runner-up classes attacked by boundary projection; ``method``: ``"auto"`` (see the module
+    and 100 otherwise. ``alm_steps``: steps of each ALMA run of step 5 (l2, l1; 0 turns them off);
+    ``alma_lrs``: the initial step size of each ALMA run (None in the tuple: the paper's schedule stretched
+    to ``alm_steps``), default ``(None,)`` in l2 and ``(None, 0.1)`` in l1 (see ``_ALMA_STEP_SIZES``).
+    ``topk``: runner-up classes attacked by boundary projection; ``method``: ``"auto"`` (see the module
     docstring), ``"fab"`` (targeted projection + refinement) or ``"ball"`` (adaptive ball + refinement).
     ``exact_affine``: with ``method="auto"`` and no ``target``, an affine model (:func:`marginkit.margins.is_affine`)
     gets its exact box-constrained margin (``lower``) and a verified point just past it (stage
@@ -219,11 +223,14 @@ def input_margin(
         ball_steps = 200 if norm is Norm.LINF else (50 if _uses_alma(method, norm, target, alm_steps) else 100)
     if extra_rounds is None:
         extra_rounds = 0 if _uses_alma(method, norm, target, alm_steps) else 2
+    alma_lrs = tuple(_ALMA_STEP_SIZES.get(norm, (None,)) if alma_lrs is None else alma_lrs)
+    if not alma_lrs or any(lr is not None and not lr > 0 for lr in alma_lrs):
+        raise ValueError(f"alma_lrs must be a non-empty tuple of positive step sizes or None, got {alma_lrs}")
     deadline = None if max_seconds is None else t_start + float(max_seconds)
     rows_per = num_classes - 1 if method in ("auto", "fab") else 1
     chunk = batch_size or _default_batch(flat.shape[1], rows_per)
     settings = {"method": method, "norm": str(norm), "bounds": [lo_b, hi_b], "budget": budget, "max_seconds": max_seconds,
-                "seed": seed, "topk": topk, "fab_steps": fab_steps, "ball_steps": ball_steps, "alm_steps": alm_steps, "extra_rounds": extra_rounds,
+                "seed": seed, "topk": topk, "fab_steps": fab_steps, "ball_steps": ball_steps, "alm_steps": alm_steps, "alma_lrs": list(alma_lrs), "extra_rounds": extra_rounds,
                 "agree_rtol": agree_rtol, "refine": refine, "exact_affine": exact_affine, "fab_prune": _FAB_PRUNE, "targeted": target is not None, "reference": "prediction" if labels is None else "labels"}
 
     affine_map = None
@@ -292,7 +299,7 @@ def input_margin(
             todo = todo[~resolved]  # a rung that did not verify: the iterative schedule takes over
         if todo.numel():
             _run(method, oracle, best, todo, clean, box_lo, box_hi, norm, num_classes, tg,
-                 topk=topk, fab_steps=fab_steps, ball_steps=ball_steps, alm_steps=alm_steps, extra_rounds=extra_rounds,
+                 topk=topk, fab_steps=fab_steps, ball_steps=ball_steps, alm_steps=alm_steps, alma_lrs=alma_lrs, extra_rounds=extra_rounds,
                  agree_rtol=agree_rtol, refine=refine)
         # Re-check every reported point with one plain forward pass.
         found = best.found.clone()
@@ -365,7 +372,7 @@ def _polish(oracle: Oracle, best: Best, samples: torch.Tensor, clean: torch.Tens
 
 def _run(method: str, oracle: Oracle, best: Best, todo: torch.Tensor, clean: torch.Tensor, box_lo, box_hi, norm: Norm,
          num_classes: int, target: torch.Tensor | None, *, topk: int, fab_steps: int, ball_steps: int,
-         alm_steps: int, extra_rounds: int, agree_rtol: float, refine: bool) -> None:
+         alm_steps: int, alma_lrs: tuple[float | None, ...], extra_rounds: int, agree_rtol: float, refine: bool) -> None:
     x0 = best.x0
     untargeted = torch.full_like(todo, -1) if target is None else target[todo]
     fab_best = best.fresh()
@@ -397,9 +404,9 @@ def _run(method: str, oracle: Oracle, best: Best, todo: torch.Tensor, clean: tor
     if _uses_alma(method, norm, target, alm_steps) and redo.numel():
         # A third, independent opinion where the two disagree: the augmented-Lagrangian walk often ends in
         # another basin of a non-linear model (on the demo CNN ALMA's own rules tighten the median vs the
-        # best peer from 1.0148 with a plain PHR walk to ~1.002; bench/attacks_cnn_l2_probe.py).
+        # best peer from 1.0148 with a plain PHR walk to ~1.002; bench/attacks_probe.py).
         alm_best = best.fresh()
-        for lr in _ALMA_STEP_SIZES[norm]:
+        for lr in alma_lrs:
             alma_rows(oracle, alm_best, redo, box_lo, box_hi, steps=alm_steps, norm=norm, lr=lr)
         _polish(oracle, alm_best, redo, clean, box_lo, box_hi, norm)
         best.absorb(alm_best)

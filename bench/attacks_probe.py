@@ -1,7 +1,9 @@
-"""Quick probe: marginkit's l2 input margins vs the stored per-sample peer norms of the last full
-``bench/attacks_compare.py`` run (runs/bench_attacks/per_sample.csv), on one or more models.
+"""Quick probe: marginkit's input margins vs the stored per-sample peer norms of the last full
+``bench/attacks_compare.py`` run (runs/bench_attacks/per_sample.csv), on one or more models and one norm.
 
-    OMP_NUM_THREADS=1 python bench/attacks_cnn_l2_probe.py --models cnn
+    OMP_NUM_THREADS=1 python bench/attacks_probe.py --models cnn --norm l2
+    OMP_NUM_THREADS=1 python bench/attacks_probe.py --models cnn --norm l1 --alma-runs scaled
+    OMP_NUM_THREADS=1 python bench/attacks_probe.py --models cnn --norm l2 --set extra_rounds=2
 
 Same 100 points as attacks_compare.py (correct under every model of the full run). The peers are NOT rerun,
 so the "matched" peer runs keep the pass budget of the stored run; rerun attacks_compare.py for final numbers.
@@ -29,8 +31,10 @@ def main() -> None:
     ap.add_argument("--points", type=int, default=100)
     ap.add_argument("--alm-steps", type=int, default=None, help="override input_margin's alm_steps")
     ap.add_argument("--set", action="append", default=[], help="extra input_margin option key=int")
-    ap.add_argument("--alma-lr", type=float, default=None,
-                    help="fixed ALMA step size with the paper's reduction 0.01 (default: the engine's schedule scaled to the run length)")
+    ap.add_argument("--norm", default="l2")
+    ap.add_argument("--alma-runs", default=None,
+                    help="comma list of initial step sizes of the ALMA runs of the schedule's step 5 in --norm, "
+                         "'scaled' for the paper's schedule stretched to the run length (default: the engine's choice)")
     ap.add_argument("--raw", default="runs/bench_attacks/per_sample.csv")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -48,24 +52,20 @@ def main() -> None:
     idx = correct.nonzero().squeeze(1)[: args.points]
     x, y = x_test[idx], y_test[idx]
     raw = pd.read_csv(args.raw)
-    if args.alma_lr is not None:
-        import functools
-
-        from marginkit.attacks import alm, engine
-
-        engine.alma_rows = functools.partial(alm.alma_rows, lr=args.alma_lr, lr_reduction=0.01)
     for name in args.models.split(","):
         model = allm[name]
         t0 = time.perf_counter()
         kw = {} if args.alm_steps is None else {"alm_steps": args.alm_steps}
         kw.update({k: int(v) for k, v in (a.split("=") for a in args.set)})
-        res = input_margin(model, x, norm="l2", return_adv=True, **kw)
+        if args.alma_runs is not None:
+            kw["alma_lrs"] = tuple(None if v == "scaled" else float(v) for v in args.alma_runs.split(","))
+        res = input_margin(model, x, norm=args.norm, return_adv=True, **kw)
         dt = time.perf_counter() - t0
-        val = ac.judge(copy.deepcopy(model).double().eval(), x, y, res.adversarial, "l2")
-        peers = raw[(raw.model == name) & (raw.norm == "l2") & ~raw.method.str.startswith("marginkit")]
+        val = ac.judge(copy.deepcopy(model).double().eval(), x, y, res.adversarial, args.norm)
+        peers = raw[(raw.model == name) & (raw.norm == args.norm) & ~raw.method.str.startswith("marginkit")]
         best = peers.groupby("sample").value.min().reindex(range(len(val))).to_numpy()
         r = val / best
-        print(f"{name} l2: median norm {np.median(val):.4f} vs peers median {np.median(r):.4f} p95 "
+        print(f"{name} {args.norm}: median norm {np.median(val):.4f} vs peers median {np.median(r):.4f} p95 "
               f"{np.quantile(r, 0.95):.4f} max {r.max():.4f} passes {res.passes.float().mean():.0f} {dt:.1f}s", flush=True)
         worst = np.argsort(-r)[:8]
         print("  worst:", ", ".join(f"#{i} {r[i]:.4f} {res.stage[i]} {int(res.passes[i])}p" for i in worst))
