@@ -180,7 +180,7 @@ def test_warnings_for_train_mode_softmax_and_out_of_box():
 def test_zero_gradients_warn_and_fail():
     class Flat(nn.Module):
         def forward(self, x):
-            return torch.tensor([1.0, 0.0]).expand(x.shape[0], 2) + 0 * x.reshape(x.shape[0], -1)[:, :2]
+            return torch.tensor([2.0, 0.0]).expand(x.shape[0], 2) + 0 * x.reshape(x.shape[0], -1)[:, :2]  # logits, not probabilities
 
     with pytest.warns(MarginkitWarning, match="zero input gradient"):
         res = input_margin(Flat().eval(), _inputs(3), norm="l2", exact_affine=False)
