@@ -162,7 +162,7 @@ def test_newton_halfspace_solver_matches_the_sorted_breakpoint_solver(norm, dtyp
     need[4:8] = -1.0  # already satisfied
     args = [t.to(dtype) for t in (w, need, lo, hi)]
     tol = 1e-5 if dtype is torch.float32 else 1e-12
-    want_v, want_d = affine._solve_halfspace_sorted(*args, as_norm(norm))
+    want_v, want_d = affine._solve_halfspace(*args, as_norm(norm), sort=True)
     got_v, got_d = affine._solve_halfspace(*args, as_norm(norm))
     assert torch.isinf(got_v[:4]).all() and torch.isinf(want_v[:4]).all()
     assert (got_d[4:8] == 0).all()

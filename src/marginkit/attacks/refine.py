@@ -32,8 +32,9 @@ def line_search(oracle: Oracle, best: Best, samples: torch.Tensor, clean_logits:
 
     The flip gap along the segment brackets the boundary in [t_lo, t_hi]; each step queries the
     Illinois-modified regula falsi point (the secant of the bracket, with the end value that survived
-    twice in a row halved, so both ends converge superlinearly instead of one end sticking). A row stops once the bracket is within ``rtol`` of t_hi: the
-    boundary lies inside it, so no further step can shrink the norm by more than that fraction.
+    twice in a row halved, so both ends converge superlinearly instead of one end sticking). A row stops
+    once the bracket is within ``rtol`` of t_hi: the boundary lies inside it, so no further step can shrink
+    the norm by more than that fraction.
     """
     samples = samples[best.found[samples]]
     if samples.numel() == 0:
@@ -45,7 +46,7 @@ def line_search(oracle: Oracle, best: Best, samples: torch.Tensor, clean_logits:
     t_lo = torch.zeros(samples.shape[0], dtype=x0.dtype, device=x0.device)
     t_hi = torch.ones_like(t_lo)
     g_lo = _margin_gap(clean_logits[samples], ref, tgt).clamp_max(0)
-    g_hi = torch.full_like(t_lo, float("nan"))  # unknown until measured; the first step bisects
+    g_hi = torch.full_like(t_lo, float("nan"))  # unknown until measured; the first probe sits just below t_hi
     kept = torch.zeros_like(t_lo)  # +1: t_hi moved last step, -1: t_lo moved, 0: nothing yet
     for _ in range(steps):
         if oracle.out_of_time():

@@ -79,32 +79,58 @@ def _float64_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).double().eval()
 
 
-def _solve_halfspace(w: torch.Tensor, g: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, norm: Norm) -> tuple[torch.Tensor, torch.Tensor]:
+def _solve_halfspace(w: torch.Tensor, g: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, norm: Norm,
+                     *, sort: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """min ||delta||_p s.t. w^T delta >= g, lo <= delta <= hi (lo <= 0 <= hi), batched over rows.
 
     ``w``, ``lo``, ``hi``: (R, n); ``g``: (R,). Returns (norm (R,), delta (R, n)); rows whose box cannot
-    reach ``g`` get norm inf and a zero delta.
+    reach ``g`` get norm inf and a zero delta. The step moves coordinate k by s_k >= 0 towards sign(w_k),
+    at most cap_k (the room the box leaves):
 
-    l2 / linf: the minimiser is s_k = min(t * slope_k, cap_k) (slope |w_k| for l2, 1 for linf) for the
-    smallest t whose gain sum_k |w_k| s_k reaches g. The gain is concave and piecewise linear in t, so
-    Newton's method from t = 0 climbs to that t from below and stops exactly once no coordinate saturates
-    between two iterates (2-4 elementwise sweeps on MNIST-sized rows, several times cheaper than sorting
-    the breakpoints). Rows that have not settled after ``_NEWTON_ITERS`` sweeps get the exact sort-based
-    solution (:func:`_solve_halfspace_sorted`). l1: fractional knapsack (sorted).
+    * l1: fractional knapsack, coordinates in decreasing |w| order (sorted);
+    * l2 / linf: s_k = min(t * slope_k, cap_k) (slope |w_k| for l2, 1 for linf) for the smallest t whose
+      gain sum_k |w_k| s_k reaches g. The gain is concave and piecewise linear in t, so Newton's method from
+      t = 0 climbs to that t from below and stops exactly once no coordinate saturates between two iterates
+      (a few elementwise sweeps in practice, cheaper than sorting the breakpoints of every row). Rows
+      not settled after ``_NEWTON_ITERS`` sweeps, and every row with ``sort=True`` (the tests' reference),
+      get t from the sorted breakpoints instead.
     """
-    if norm is Norm.L1 or w.shape[0] == 0:
-        return _solve_halfspace_sorted(w, g, lo, hi, norm)
     a = w.abs()
     cap = torch.where(w > 0, hi, torch.where(w < 0, -lo, torch.zeros_like(hi))).clamp_min(0)
     need = g.clamp_min(0)
     feasible = (a * cap).sum(1) >= need
+    if w.shape[0] == 0:
+        s = torch.zeros_like(a)
+    elif norm is Norm.L1:
+        s = _knapsack(a, cap, need)
+    else:
+        slope = torch.ones_like(a) if norm is Norm.LINF else a
+        if sort:
+            t = _sorted_level(a, cap, need, slope)
+        else:
+            t, settled = _newton_level(a, cap, need, slope, ~feasible | (need == 0))
+            if not bool(settled.all()):
+                rows = (~settled).nonzero().squeeze(1)
+                t[rows] = _sorted_level(a[rows], cap[rows], need[rows], slope[rows])
+        s = torch.minimum(t[:, None] * slope, cap)
+    delta = torch.sign(w) * s
+    value = batch_norm(delta, norm)
+    value = torch.where(feasible, value, torch.full_like(value, float("inf")))
+    delta = torch.where(feasible[:, None], delta, torch.zeros_like(delta))
+    return value, delta
+
+
+_NEWTON_ITERS = 12
+
+
+def _newton_level(a: torch.Tensor, cap: torch.Tensor, need: torch.Tensor, slope: torch.Tensor,
+                  settled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Newton's method on the concave piecewise-linear gain (see :func:`_solve_halfspace`): (t, settled)."""
     tiny = torch.finfo(a.dtype).tiny
-    slope = torch.ones_like(a) if norm is Norm.LINF else a
     rate = a * slope
     # coordinates with no room (cap 0) or no effect (w 0) saturate at t = 0 and never count as free
     brk = torch.where((a > 0) & (cap > 0), cap / slope.clamp_min(tiny), torch.zeros_like(a))
     t = torch.zeros_like(need)
-    settled = ~feasible | (need == 0)
     rtol = 64 * torch.finfo(a.dtype).eps
     for _ in range(_NEWTON_ITERS):
         if bool(settled.all()):
@@ -115,69 +141,42 @@ def _solve_halfspace(w: torch.Tensor, g: torch.Tensor, lo: torch.Tensor, hi: tor
         # the tangent of a concave gain lies above it: t + step never passes the solution
         t = torch.where(settled, t, t + step)
         settled = settled | (step <= rtol * t) | (slope_t <= 0)
-    s = torch.minimum(t[:, None] * slope, cap)
-    delta = torch.sign(w) * s
-    if not bool(settled.all()):
-        rows = (~settled).nonzero().squeeze(1)
-        delta[rows] = _solve_halfspace_sorted(w[rows], g[rows], lo[rows], hi[rows], norm)[1]
-    value = batch_norm(delta, norm)
-    value = torch.where(feasible, value, torch.full_like(value, float("inf")))
-    delta = torch.where(feasible[:, None], delta, torch.zeros_like(delta))
-    return value, delta
+    return t, settled
 
 
-_NEWTON_ITERS = 12
+def _sorted_level(a: torch.Tensor, cap: torch.Tensor, need: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
+    """The level t of :func:`_solve_halfspace` (l2 / linf) from the sorted breakpoints cap_k / slope_k."""
+    tiny = torch.finfo(a.dtype).tiny
+    active = (a > 0) & (cap > 0)
+    brk = torch.where(active, cap / slope.clamp_min(tiny), torch.full_like(a, float("inf")))
+    order = brk.argsort(dim=1)
+    b_s = brk.gather(1, order)
+    gain_sat = (a * cap).gather(1, order)
+    rate = (a * slope * active).gather(1, order)
+    prefix = torch.cumsum(gain_sat, 1) - gain_sat  # gain of coordinates saturated before breakpoint m
+    remaining = rate.flip(1).cumsum(1).flip(1)  # rate of the not-yet-saturated coordinates
+    finite_b = torch.where(torch.isfinite(b_s), b_s, torch.zeros_like(b_s))
+    value_at = prefix + finite_b * remaining
+    ok = (value_at >= need[:, None]) & torch.isfinite(b_s)
+    ok = ok | ~torch.isfinite(b_s)  # past the last breakpoint nothing more can be gained; feasibility decides
+    m = ok.float().argmax(1)
+    pre_m = prefix.gather(1, m[:, None]).squeeze(1)
+    rem_m = remaining.gather(1, m[:, None]).squeeze(1)
+    return ((need - pre_m) / rem_m.clamp_min(tiny)).clamp_min(0)
 
 
-def _solve_halfspace_sorted(w: torch.Tensor, g: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, norm: Norm) -> tuple[torch.Tensor, torch.Tensor]:
-    """min ||delta||_p s.t. w^T delta >= g, lo <= delta <= hi (lo <= 0 <= hi), batched over rows.
-
-    ``w``, ``lo``, ``hi``: (R, n); ``g``: (R,). Returns (norm (R,), delta (R, n)); rows whose box cannot
-    reach ``g`` get norm inf and a zero delta. Sorts the breakpoints of every row: the exact reference
-    of :func:`_solve_halfspace` and its fallback.
-    """
-    a = w.abs()
-    cap = torch.where(w > 0, hi, torch.where(w < 0, -lo, torch.zeros_like(hi))).clamp_min(0)
-    reach = (a * cap).sum(1)
-    need = g.clamp_min(0)
-    feasible = reach >= need
-    if norm is Norm.L1:
-        # Fractional knapsack: coordinates in decreasing |w| order.
-        order = a.argsort(dim=1, descending=True)
-        a_s, c_s = a.gather(1, order), cap.gather(1, order)
-        gain = torch.cumsum(a_s * c_s, 1)
-        gain_before = gain - a_s * c_s
-        full = gain <= need[:, None]  # saturated entirely
-        part = (~full) & (gain_before < need[:, None])  # the single coordinate filled partially
-        amount = torch.where(full, c_s, torch.zeros_like(c_s))
-        partial = ((need[:, None] - gain_before) / a_s.clamp_min(torch.finfo(a.dtype).tiny)).clamp(min=0)
-        amount = torch.where(part, torch.minimum(partial, c_s), amount)
-        s = torch.zeros_like(a).scatter(1, order, amount)
-    else:
-        # s_k = min(t * weight_k, cap_k); linf: weight 1 (t is the radius), l2: weight |w_k| (t = lambda).
-        slope = torch.ones_like(a) if norm is Norm.LINF else a
-        active = (a > 0) & (cap > 0)
-        brk = torch.where(active, cap / slope.clamp_min(torch.finfo(a.dtype).tiny), torch.full_like(a, float("inf")))
-        order = brk.argsort(dim=1)
-        b_s = brk.gather(1, order)
-        gain_sat = (a * cap).gather(1, order)
-        rate = (a * slope * active).gather(1, order)
-        prefix = torch.cumsum(gain_sat, 1) - gain_sat  # gain of coordinates saturated before breakpoint m
-        remaining = rate.flip(1).cumsum(1).flip(1)  # rate of the not-yet-saturated coordinates
-        finite_b = torch.where(torch.isfinite(b_s), b_s, torch.zeros_like(b_s))
-        value_at = prefix + finite_b * remaining
-        ok = (value_at >= need[:, None]) & torch.isfinite(b_s)
-        ok = ok | ~torch.isfinite(b_s)  # past the last breakpoint nothing more can be gained; feasibility decides
-        m = ok.float().argmax(1)
-        pre_m = prefix.gather(1, m[:, None]).squeeze(1)
-        rem_m = remaining.gather(1, m[:, None]).squeeze(1)
-        t = ((need - pre_m) / rem_m.clamp_min(torch.finfo(a.dtype).tiny)).clamp_min(0)
-        s = torch.minimum(t[:, None] * slope, cap) * active
-    delta = torch.sign(w) * s
-    value = batch_norm(delta, norm)
-    value = torch.where(feasible, value, torch.full_like(value, float("inf")))
-    delta = torch.where(feasible[:, None], delta, torch.zeros_like(delta))
-    return value, delta
+def _knapsack(a: torch.Tensor, cap: torch.Tensor, need: torch.Tensor) -> torch.Tensor:
+    """l1 step of :func:`_solve_halfspace`: fill coordinates in decreasing |w| order until the gain is met."""
+    order = a.argsort(dim=1, descending=True)
+    a_s, c_s = a.gather(1, order), cap.gather(1, order)
+    gain = torch.cumsum(a_s * c_s, 1)
+    gain_before = gain - a_s * c_s
+    full = gain <= need[:, None]  # saturated entirely
+    part = (~full) & (gain_before < need[:, None])  # the single coordinate filled partially
+    amount = torch.where(full, c_s, torch.zeros_like(c_s))
+    partial = ((need[:, None] - gain_before) / a_s.clamp_min(torch.finfo(a.dtype).tiny)).clamp(min=0)
+    amount = torch.where(part, torch.minimum(partial, c_s), amount)
+    return torch.zeros_like(a).scatter(1, order, amount)
 
 
 def _unboxed_delta(w: torch.Tensor, g: torch.Tensor, norm: Norm) -> torch.Tensor:
