@@ -4,6 +4,7 @@
     OMP_NUM_THREADS=1 python bench/attacks_probe.py --models cnn --norm l2
     OMP_NUM_THREADS=1 python bench/attacks_probe.py --models cnn --norm l1 --alma-runs scaled
     OMP_NUM_THREADS=1 python bench/attacks_probe.py --models cnn --norm l2 --set extra_rounds=2
+    OMP_NUM_THREADS=1 python bench/attacks_probe.py --models cnn --norm l1 --set method=ball --set ball_steps=100
 
 Same 100 points as attacks_compare.py (correct under every model of the full run). The peers are NOT rerun,
 so the "matched" peer runs keep the pass budget of the stored run; rerun attacks_compare.py for final numbers.
@@ -25,12 +26,19 @@ sys.path.insert(0, os.path.dirname(__file__))
 import attacks_compare as ac  # noqa: E402
 
 
+def _value(text: str) -> int | str:
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="cnn")
     ap.add_argument("--points", type=int, default=100)
     ap.add_argument("--alm-steps", type=int, default=None, help="override input_margin's alm_steps")
-    ap.add_argument("--set", action="append", default=[], help="extra input_margin option key=int")
+    ap.add_argument("--set", action="append", default=[], help="extra input_margin option key=value (int if it parses)")
     ap.add_argument("--norm", default="l2")
     ap.add_argument("--alma-runs", default=None,
                     help="comma list of initial step sizes of the ALMA runs of the schedule's step 5 in --norm, "
@@ -56,7 +64,7 @@ def main() -> None:
         model = allm[name]
         t0 = time.perf_counter()
         kw = {} if args.alm_steps is None else {"alm_steps": args.alm_steps}
-        kw.update({k: int(v) for k, v in (a.split("=") for a in args.set)})
+        kw.update({k: _value(v) for k, v in (a.split("=", 1) for a in args.set)})
         if args.alma_runs is not None:
             kw["alma_lrs"] = tuple(None if v == "scaled" else float(v) for v in args.alma_runs.split(","))
         res = input_margin(model, x, norm=args.norm, return_adv=True, **kw)

@@ -166,6 +166,21 @@ def test_single_methods_are_upper_bounds(method):
     assert (res.upper[ok] >= exact[ok] * (1 - 1e-6)).all()
 
 
+def test_l1_ball_alone_reaches_the_exact_margin_of_an_affine_model():
+    # FMN's l2-normalised step in l1 (a one-coordinate steepest step moved one feature per step and
+    # flipped 20-45% of these points in 100 steps); no refinement, so the ball walk alone is judged
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 4)).eval()
+    x = _inputs(32, d=64)
+    exact = affine_input_margin(model, x, norm="l1").margin
+    res = input_margin(model, x, norm="l1", method="ball", refine=False, ball_steps=100)
+    ok = torch.isfinite(exact)
+    assert ok.sum() >= 24
+    ratio = res.upper[ok] / exact[ok]
+    assert torch.isfinite(ratio).all()
+    assert (ratio >= 1 - 1e-6).all() and ratio.median() <= 1.01
+
+
 def test_warnings_for_train_mode_softmax_and_out_of_box():
     model, x = _mlp(), _inputs(4)
     with pytest.warns(MarginkitWarning, match="train mode"):
@@ -292,6 +307,9 @@ def test_extra_alma_runs_only_add_candidates_and_are_recorded():
     assert one.settings["alma_lrs"] == [None] and two.settings["alma_lrs"] == [None, 0.1]
     assert input_margin(model, x[:2], norm="l1").settings["alma_lrs"] == [None, 0.1]  # the l1 default
     assert input_margin(model, x[:2], norm="l2").settings["alma_lrs"] == [None]
+    # extra projection / ball rounds after ALMA: on by default in l1, off in l2
+    assert one.settings["extra_rounds"] == 2
+    assert input_margin(model, x[:2], norm="l2").settings["extra_rounds"] == 0
     found = torch.isfinite(one.upper)
     assert found.all()
     # the second run starts from scratch and only adds candidates: on these samples nothing gets worse
