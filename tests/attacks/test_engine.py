@@ -306,7 +306,7 @@ def test_extra_alma_runs_only_add_candidates_and_are_recorded():
     two = input_margin(model, x, norm="l1", alma_lrs=(None, 0.1), agree_rtol=0.0)
     assert one.settings["alma_lrs"] == [None] and two.settings["alma_lrs"] == [None, 0.1]
     assert input_margin(model, x[:2], norm="l1").settings["alma_lrs"] == [None, 0.1]  # the l1 default
-    assert input_margin(model, x[:2], norm="l2").settings["alma_lrs"] == [None]
+    assert input_margin(model, x[:2], norm="l2").settings["alma_lrs"] == [0.1, 0.3]
     # extra projection / ball rounds after ALMA: on by default in l1, off in l2
     assert one.settings["extra_rounds"] == 2
     assert input_margin(model, x[:2], norm="l2").settings["extra_rounds"] == 0

@@ -107,7 +107,7 @@ class Oracle:
         zs, gs, ws = [], [], []
         for sl in _slices(x.shape[0], self.max_rows):
             with torch.enable_grad():
-                xi = x[sl].detach().clone().requires_grad_(True)
+                xi = x[sl].detach().requires_grad_(True)  # a leaf sharing x's memory: autograd only reads it
                 z = self._forward(xi)
                 r = ref[sl]
                 z_ref = z.gather(1, r[:, None]).squeeze(1)
@@ -121,7 +121,7 @@ class Oracle:
             zs.append(z.detach())
             gs.append(g.detach())
             ws.append(w.detach())
-        z, g, w = torch.cat(zs), torch.cat(gs), torch.cat(ws)
+        z, g, w = (zs[0], gs[0], ws[0]) if len(zs) == 1 else (torch.cat(zs), torch.cat(gs), torch.cat(ws))
         # one pass over the (R, D) gradient: amax propagates NaN and inf, and is 0 exactly for a zero gradient
         w_max = w.abs().amax(1) if w.shape[1] else w.new_zeros(w.shape[0])
         bad = ~torch.isfinite(z.sum(1)) | ~torch.isfinite(w_max)
@@ -174,13 +174,26 @@ class Best:
     def found(self) -> torch.Tensor:
         return torch.isfinite(self.value)
 
-    def offer(self, owner: torch.Tensor, x: torch.Tensor, logits: torch.Tensor, code: int) -> torch.Tensor:
-        """Record rows ``x`` (with their ``logits``) that flip and beat their sample's best; returns the flip mask."""
+    def offer(self, owner: torch.Tensor, x: torch.Tensor, logits: torch.Tensor, code: int, *, unique: bool = False) -> torch.Tensor:
+        """Record rows ``x`` (with their ``logits``) that flip and beat their sample's best; returns the flip mask.
+
+        ``unique``: the caller guarantees at most one row per sample (no reduction over rows needed). The
+        norm is always that of the stored point minus x_0, not of the caller's delta (they differ by rounding).
+        """
         from ..norms import batch_norm
 
         tgt = None if self.target is None else self.target[owner]
         flipped = is_flipped(logits, self.ref[owner], tgt, SEARCH_FACTOR)
         value = torch.where(flipped, batch_norm(x - self.x0[owner], self.norm).double(), torch.full_like(flipped, float("inf"), dtype=torch.float64))
+        if unique:
+            better = value < self.value[owner]
+            if bool(better.any()):
+                idx = owner[better]
+                self.value[idx] = value[better]
+                self.x[idx] = x[better].to(self.x.dtype)
+                self.cls[idx] = logits[better].argmax(1)
+                self.code[idx] = code
+            return flipped
         per = torch.full_like(self.value, float("inf")).scatter_reduce(0, owner, value, "amin")
         better = per < self.value
         rows = torch.arange(owner.shape[0], device=owner.device)

@@ -41,8 +41,14 @@ def _p2(y: torch.Tensor, mu: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
     return torch.where(y >= 0, pos, neg)
 
 
+def initial_step(lr: float | None, steps: int) -> float:
+    """ALMA's initial step size: ``lr``, or for None the paper's 0.1 stretched to a run of ``steps``
+    (times 1000 / steps, at most 10-fold) so that a shorter run covers about the same path."""
+    return 0.1 * min(10.0, max(1.0, 1000.0 / max(steps, 1))) if lr is None else float(lr)
+
+
 def alma_rows(oracle: Oracle, best: Best, owner: torch.Tensor, box_lo: torch.Tensor, box_hi: torch.Tensor, *,
-              steps: int, lr: float | torch.Tensor | None = None, lr_reduction: float | None = None, mu_init: float = 1.0, rho_init: float = 1.0,
+              steps: int, lr: float | torch.Tensor | None = None, lr_reduction: float | torch.Tensor | None = None, mu_init: float = 1.0, rho_init: float = 1.0,
               check_steps: int = 10, tau: float = 0.95, gamma: float = 1.2, alpha: float = 0.9,
               code: int = 6, norm: Norm | str = "l2") -> None:
     """ALMA (Rony et al. 2021, Algorithm 1) in l2 or l1, untargeted, from x_0 on rows (sample ``owner[r]``).
@@ -54,12 +60,9 @@ def alma_rows(oracle: Oracle, best: Best, owner: torch.Tensor, box_lo: torch.Ten
     ``tau`` times its value at the previous check; the step is RMSProp with momentum (both ``alpha``, the
     squared-gradient average starting at 1) and a step size that stays at ``lr`` until the row first
     flips, then decays exponentially to ``lr * lr_reduction`` at the last step; delta is clipped to the box.
-    ``lr`` None: the paper's schedule (0.1 decayed to 1e-3 over 1000 steps) scaled to ``steps``: the initial
-    step grows as 1000 / steps (at most 10-fold), so that a shorter run covers about the same path, and
-    ``lr_reduction`` None keeps the final step at 1e-3 (1e-3 / lr; 0.01 for a per-row tensor ``lr``). On the
-    demo CNN in l2 the engine's default schedule reaches a median ratio to the best peer of 1.0002 with the
-    stretched 300 steps against 1.0021 with the paper's values (p95 1.029 against 1.020; probe table in
-    docs/input-margins.md).
+    ``lr`` (a number or one per row) None: the paper's schedule (0.1 decayed to 1e-3 over 1000 steps) scaled to
+    ``steps`` (:func:`initial_step`); ``lr_reduction`` None keeps the final step at 1e-3 (1e-3 / lr, per row). The engine's
+    choice of runs per norm is measured in docs/input-margins.md (probe table).
     Every point queried is offered to ``best`` (the oracle's flip test with its margin of safety decides).
     """
     norm = as_norm(norm)
@@ -79,11 +82,9 @@ def alma_rows(oracle: Oracle, best: Best, owner: torch.Tensor, box_lo: torch.Ten
     rho = torch.full_like(mu, rho_init)
     prev = torch.zeros_like(mu)
     found_at = torch.full((n,), steps + 1, dtype=torch.long, device=x0.device)
-    if lr is None:
-        lr = 0.1 * min(10.0, max(1.0, 1000.0 / max(steps, 1)))
-    if lr_reduction is None:
-        lr_reduction = 1e-3 / float(lr) if isinstance(lr, (int, float)) else 0.01
-    lr = torch.as_tensor(lr, dtype=x0.dtype, device=x0.device).expand(n)
+    lr = torch.as_tensor(initial_step(None, steps) if lr is None else lr, dtype=torch.float64, device=x0.device).expand(n)
+    lr_reduction = 1e-3 / lr if lr_reduction is None else torch.as_tensor(lr_reduction, dtype=torch.float64, device=x0.device).expand(n)
+    lr, lr_reduction = lr.to(x0.dtype), lr_reduction.to(x0.dtype)
     for t in range(steps):
         rows = live_rows(oracle, owner, torch.ones(n, dtype=torch.bool, device=owner.device))
         if rows.numel() == 0:
@@ -93,7 +94,7 @@ def alma_rows(oracle: Oracle, best: Best, owner: torch.Tensor, box_lo: torch.Ten
         d, o = take(delta), take(owner)
         xr = take(x0) + d
         z, y, w = oracle.value_and_grad(xr, o, take(ref), None, objective=objective)
-        flipped = best.offer(o, xr, z, code)
+        flipped = best.offer(o, xr, z, code, unique=True)
         mu_r, rho_r, prev_r, fa = take(mu), take(rho), take(prev), take(found_at)
         if t == 0:
             prev_r = y
@@ -112,7 +113,7 @@ def alma_rows(oracle: Oracle, best: Best, owner: torch.Tensor, box_lo: torch.Ten
         sq_r = alpha * take(sq) + (1 - alpha) * grad * grad
         buf_r = alpha * take(buf) + grad / (sq_r.sqrt() + 1e-8)
         since = (t - fa).clamp_min(0).to(x0.dtype)
-        step = take(lr) * lr_reduction ** (since / (steps - fa).clamp_min(1).to(x0.dtype))
+        step = take(lr) * take(lr_reduction) ** (since / (steps - fa).clamp_min(1).to(x0.dtype))
         d = torch.minimum(torch.maximum(d - step[:, None] * buf_r, take(lo)), take(hi))
         if whole:
             delta, sq, buf, mu, rho, prev, found_at = d, sq_r, buf_r, mu_r, rho_r, prev_r, fa

@@ -54,7 +54,7 @@ def ball_rows(oracle: Oracle, best: Best, owner: torch.Tensor, aim: torch.Tensor
         xr = x0r + d
         z, g, w = oracle.value_and_grad(xr, o, ref[rows], aim[rows])
         prev = best.value[o].clone()
-        flipped = best.offer(o, xr, z, code)
+        flipped = best.offer(o, xr, z, code, unique=True)
         gained = (best.value[o] < prev * (1 - 1e-4)) | ~torch.isfinite(prev)
         stall[rows] = torch.where(gained, torch.zeros_like(stall[rows]), stall[rows] + 1)
         gam = cosine(t, steps, gamma, gamma / 10)

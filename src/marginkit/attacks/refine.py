@@ -68,7 +68,7 @@ def line_search(oracle: Oracle, best: Best, samples: torch.Tensor, clean_logits:
         xm = x0[idx] + mid[:, None] * direction[idx]
         o = samples[idx]
         z = oracle.logits(xm, o)
-        best.offer(o, xm, z, code)
+        best.offer(o, xm, z, code, unique=True)
         gm = _margin_gap(z, ref[idx], None if tgt is None else tgt[idx])
         up = gm > 0
         k = kept[idx]
@@ -99,5 +99,5 @@ def project_from_origin(oracle: Oracle, best: Best, samples: torch.Tensor, box_l
         _, d = project_linearised(w, g - shift, xb, x0, box_lo[samples], box_hi[samples], norm)
         cand = torch.minimum(torch.maximum(x0 + d, box_lo[samples]), box_hi[samples])
         zc = oracle.logits(cand, samples)
-        best.offer(samples, cand, zc, code)
+        best.offer(samples, cand, zc, code, unique=True)
 
