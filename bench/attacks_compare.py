@@ -146,6 +146,19 @@ def judge(model64: nn.Module, x: torch.Tensor, y: torch.Tensor, adv: torch.Tenso
     return torch.where(good, d, torch.full_like(d, float("inf"))).numpy()
 
 
+def _best_time(first: float, again, below: float = 1.0, repeats: int = 2) -> float:
+    """Wall time of a run: runs shorter than ``below`` seconds are repeated ``repeats`` more times (results of
+    the first run are kept) and the fastest time counts, for every method alike: sub-second timings on a
+    shared machine otherwise differ by hundredths from run to run."""
+    best = first
+    if first < below:
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            again()
+            best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def adversarially_trained_mlp(seed: int = 0):
     """An l2-PGD-trained MLP: the training helper's "pgd" method if registered, else a local PGD loop."""
     from marginkit.training import available_methods, demo_model
@@ -260,7 +273,7 @@ def main() -> None:
         for norm in args.norms.split(","):
             t0 = time.perf_counter()
             res = input_margin(model, x, norm=norm, return_adv=True)
-            t_mk = time.perf_counter() - t0
+            t_mk = _best_time(time.perf_counter() - t0, lambda: input_margin(model, x, norm=norm))
             val = judge(model64, x, y, res.adversarial, norm)
             passes_mk = float(res.passes.float().mean())
             records += [dict(model=mname, norm=norm, method="marginkit auto", sample=i, value=v, passes=passes_mk,
@@ -288,6 +301,8 @@ def main() -> None:
                     except Exception as exc:  # a peer crashing is a result too; record it
                         adv, err = torch.full_like(x, float("nan")), f"{type(exc).__name__}: {exc}"[:120]
                     dt = time.perf_counter() - t0
+                    if not err:
+                        dt = _best_time(dt, lambda: (torch.manual_seed(0), run.fn(Counted(model).eval(), x.clone(), y.clone())))
                     passes = counted.rows / x.shape[0]
                     if stage == "default":
                         steps = int(run.setting.split("(")[1].split()[0]) if "steps)" in run.setting else None
@@ -320,7 +335,7 @@ def write_markdown(args, summary: pd.DataFrame, exact: pd.DataFrame, notes: list
              "A point counts only if it is in [0,1] and flips under a float64 copy of the model; norms in float64. "
              "ratio = norm / best norm of any method on that sample (inf for failures); "
              "vs peers = marginkit norm / best peer norm. passes = forward + backward rows per sample. "
-             "Wall time with one torch thread on a shared 2-core machine.", ""]
+             "Wall time with one torch thread on a shared 2-core machine (runs under 1 s: the fastest of three, for every method).", ""]
     lines += [f"- {n}" for n in notes] + [""]
     if len(exact):
         lines += ["## Exactness on the affine (linear) model", "",
