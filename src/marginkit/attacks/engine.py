@@ -21,7 +21,7 @@ work spent and a status. The default ``method="auto"`` schedule:
    and refinement, while a round still improves by more than ``agree_rtol`` (``extra_rounds``, default 2;
    0 in l2 with ALMA, where two rounds left the demo-CNN results identical for +58 passes per sample:
    ``bench/attacks_probe.py --models cnn --set extra_rounds=2``; in l1 they bring the demo CNN's p95
-   ratio to the best peer from 1.093 to 1.068 for +94 passes per sample).
+   ratio to the best peer from 1.086 to 1.066 for +94 passes per sample).
 
 The result is the per-sample minimum over everything queried. A sample that no method flips gets an
 upper bound of ``inf`` and status ``"failed"`` (never 0, never the clean input). Every reported point is
@@ -58,10 +58,10 @@ _FAB_PRUNE = 1.1
 # Default ALMA runs of step 5 per norm: initial step sizes (``alma_lrs``; None: the paper's schedule stretched
 # to ``alm_steps``, :func:`.alm.initial_step`) and steps per run (``alm_steps``); several runs walk side by
 # side in one batch. Where a run ends depends on its step size and length, and on the tail the better of
-# two differs from either. In l1 a second run moves the demo CNN's median by 2%, so it is the default; in
-# l2 two 500-step runs (0.1 and 0.3) cut the CNN's p95 ratio to the best peer from 1.029 to 1.019 for 2.6x
-# the passes and 2.2x the MLP's time, an option rather than the default (docs/input-margins.md, probe
-# table and the thorough-schedule benchmark).
+# two differs from either. In l1 the second run takes the demo CNN's p95 ratio to the best peer from 1.16
+# to 1.07, so it is the default; in l2 two 500-step runs (0.1 and 0.3) take it from 1.029 to 1.013 against
+# the same peers (1.019 in a full benchmark run, whose matched-budget peers get the extra passes too) for
+# 2.6x the passes and 2.5x the MLP's time: an option, not the default (docs/input-margins.md, probe table).
 _ALMA_STEP_SIZES = {Norm.L2: (None,), Norm.L1: (None, 0.1)}
 _ALMA_STEPS = {Norm.L2: 300, Norm.L1: 300}
 _FIRST_BALL_PATIENCE: int | None = None  # None: the independent ball run uses all its steps
@@ -176,7 +176,7 @@ def input_margin(
     300; ``alma_lrs``: the initial step size of each ALMA run (None in the tuple: the paper's schedule
     stretched to ``alm_steps``), default ``(None,)`` in l2 and ``(None, 0.1)`` in l1 (see ``_ALMA_STEP_SIZES``).
     The runs walk side by side in one batch. ``alm_steps=500, alma_lrs=(0.1, 0.3)`` in l2 is a tighter,
-    slower schedule (demo CNN: p95 ratio to the best peer 1.019 instead of 1.029 for 2.6x the passes).
+    slower schedule (demo CNN: p95 ratio to the best peer 1.013 instead of 1.029 for 2.6x the passes).
     ``topk``: runner-up classes attacked by boundary projection; ``method``: ``"auto"`` (see the module
     docstring), ``"fab"`` (targeted projection + refinement) or ``"ball"`` (adaptive ball + refinement).
     ``exact_affine``: with ``method="auto"`` and no ``target``, an affine model (:func:`marginkit.margins.is_affine`)
