@@ -409,3 +409,48 @@ def test_alma_penalty_derivative_and_normalised_gap():
     z = torch.tensor([[3.0, 1.0, 0.0, -1.0], [1.0, 2.0, 0.0, -1.0]])
     g = normalised_gap(z, torch.tensor([0, 0]), tol=0.0)
     assert torch.allclose(g, torch.tensor([-2.0 / 3.0, 1.0 / 2.0]))  # (max_other - z_ref) / (z_(1) - z_(3))
+
+
+def test_offer_fast_path_for_one_row_per_sample_matches_the_general_path():
+    from marginkit.attacks._oracle import Best
+
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(8, 5, generator=g)
+    ref = torch.zeros(8, dtype=torch.long)
+    general, fast = Best(x0, ref, "l2"), Best(x0, ref, "l2")
+    for step in range(4):
+        owner = torch.randperm(8, generator=g)[:5]  # distinct samples, in any order
+        x = (x0[owner] + 0.3 * torch.rand(5, 5, generator=g)).clamp(0, 1)
+        logits = torch.randn(5, 3, generator=g)
+        assert torch.equal(general.offer(owner, x, logits, step), fast.offer(owner, x, logits, step, unique=True))
+    assert general.found.any()
+    for a, b in [(general.value, fast.value), (general.x, fast.x), (general.cls, fast.cls), (general.code, fast.code)]:
+        assert torch.equal(a, b)
+
+
+def test_alma_runs_side_by_side_match_separate_runs():
+    from marginkit.attacks._oracle import Best, Oracle
+    from marginkit.attacks.alm import alma_rows
+    from marginkit.attacks.engine import oracle_view
+
+    model, x = _mlp(), _inputs(6)
+    flat = x.reshape(6, -1)
+    with torch.no_grad():
+        ref = model(x).argmax(1)
+    lo, hi = torch.zeros_like(flat), torch.ones_like(flat)
+
+    def separate(lr):
+        oracle = Oracle(model, (1, 12), 6, torch.device("cpu"), budget=None, deadline=None, max_rows=64)
+        best = Best(flat, ref, "l2")
+        alma_rows(oracle, best, torch.arange(6), lo, hi, steps=100, lr=lr)
+        return best.value, oracle.passes
+
+    oracle = Oracle(model, (1, 12), 6, torch.device("cpu"), budget=None, deadline=None, max_rows=64)
+    rows = torch.arange(6).repeat(2)
+    per_row = Best(flat[rows], ref[rows], "l2")
+    alma_rows(oracle_view(oracle, rows), per_row, torch.arange(12), lo[rows], hi[rows], steps=100,
+              lr=torch.tensor([0.1] * 6 + [0.3] * 6, dtype=torch.float64))
+    (v1, p1), (v3, p3) = separate(0.1), separate(0.3)
+    torch.testing.assert_close(per_row.value[:6], v1, rtol=1e-4, atol=0)
+    torch.testing.assert_close(per_row.value[6:], v3, rtol=1e-4, atol=0)
+    assert torch.equal(oracle.passes, p1 + p3)  # both runs charged to their samples

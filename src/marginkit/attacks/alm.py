@@ -75,6 +75,7 @@ def alma_rows(oracle: Oracle, best: Best, owner: torch.Tensor, box_lo: torch.Ten
     ref = best.ref[owner]
     lo, hi = box_lo[owner] - x0, box_hi[owner] - x0
     n = owner.shape[0]
+    one_per_sample = owner.unique().numel() == owner.numel()  # Best.offer's fast path needs it
     delta = torch.zeros_like(x0)
     sq = torch.ones_like(x0)
     buf = torch.zeros_like(x0)
@@ -94,7 +95,7 @@ def alma_rows(oracle: Oracle, best: Best, owner: torch.Tensor, box_lo: torch.Ten
         d, o = take(delta), take(owner)
         xr = take(x0) + d
         z, y, w = oracle.value_and_grad(xr, o, take(ref), None, objective=objective)
-        flipped = best.offer(o, xr, z, code, unique=True)
+        flipped = best.offer(o, xr, z, code, unique=one_per_sample)
         mu_r, rho_r, prev_r, fa = take(mu), take(rho), take(prev), take(found_at)
         if t == 0:
             prev_r = y

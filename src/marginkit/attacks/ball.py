@@ -40,6 +40,7 @@ def ball_rows(oracle: Oracle, best: Best, owner: torch.Tensor, aim: torch.Tensor
     ref = best.ref[owner]
     lo, hi = box_lo[owner] - x0, box_hi[owner] - x0
     width = (hi - lo).amax(1)  # the box's side: the scale of FMN's absolute l1 steps
+    one_per_sample = owner.unique().numel() == owner.numel()  # Best.offer's fast path needs it
     delta = delta.clone()
     b0 = best.value[owner].to(delta.dtype)
     eps = torch.where(torch.isfinite(b0), b0, batch_norm(delta, norm))
@@ -54,7 +55,7 @@ def ball_rows(oracle: Oracle, best: Best, owner: torch.Tensor, aim: torch.Tensor
         xr = x0r + d
         z, g, w = oracle.value_and_grad(xr, o, ref[rows], aim[rows])
         prev = best.value[o].clone()
-        flipped = best.offer(o, xr, z, code, unique=True)
+        flipped = best.offer(o, xr, z, code, unique=one_per_sample)
         gained = (best.value[o] < prev * (1 - 1e-4)) | ~torch.isfinite(prev)
         stall[rows] = torch.where(gained, torch.zeros_like(stall[rows]), stall[rows] + 1)
         gam = cosine(t, steps, gamma, gamma / 10)

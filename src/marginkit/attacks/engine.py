@@ -417,7 +417,7 @@ def _run(method: str, oracle: Oracle, best: Best, todo: torch.Tensor, clean: tor
         # for one run or several), each row tracking its own best point.
         runs = len(alma_lrs)
         rows_owner = redo.repeat(runs)
-        step0 = torch.tensor([initial_step(lr, alm_steps) for lr in alma_lrs], dtype=x0.dtype, device=x0.device)
+        step0 = torch.tensor([initial_step(lr, alm_steps) for lr in alma_lrs], dtype=torch.float64, device=x0.device)
         per_row = Best(x0[rows_owner], best.ref[rows_owner], norm)
         alma_rows(oracle_view(oracle, rows_owner), per_row, torch.arange(rows_owner.numel(), device=x0.device),
                   box_lo[rows_owner], box_hi[rows_owner], steps=alm_steps, norm=norm, lr=step0.repeat_interleave(redo.numel()))
