@@ -129,12 +129,18 @@ def test_deterministic_and_batch_size_invariant(norm):
     assert torch.equal(a.target, c.target)
 
 
+def _labels_wrong_on_first(model, x, k):
+    """The model's predictions as labels, except the first ``k``, which it gets wrong."""
+    with torch.no_grad():
+        logits = model(x)
+    labels = logits.argmax(1)
+    labels[:k] = (labels[:k] + 1) % logits.shape[1]
+    return labels
+
+
 def test_true_labels_and_misclassified_samples():
     model, x = _mlp(), _inputs(10)
-    with torch.no_grad():
-        pred = model(x).argmax(1)
-    labels = pred.clone()
-    labels[:3] = (pred[:3] + 1) % 4
+    labels = _labels_wrong_on_first(model, x, 3)
     res = input_margin(model, x, labels, norm="l2")
     assert res.status[:3] == ["misclassified"] * 3
     assert (res.upper[:3] == 0).all()
@@ -353,10 +359,7 @@ def test_affine_shortcut_is_exact_verified_and_counts_its_passes(norm):
 
 def test_affine_shortcut_with_labels_and_opt_out():
     model, x = _linear(), _inputs(10)
-    with torch.no_grad():
-        pred = model(x).argmax(1)
-    labels = pred.clone()
-    labels[:2] = (pred[:2] + 1) % 4
+    labels = _labels_wrong_on_first(model, x, 2)
     res = input_margin(model, x, labels, norm="linf")
     assert res.status[:2] == ["misclassified"] * 2 and (res.lower[:2] == 0).all() and (res.upper[:2] == 0).all()
     assert res.stage[2:] == ["affine-exact"] * 8

@@ -186,24 +186,18 @@ class Best:
         flipped = is_flipped(logits, self.ref[owner], tgt, SEARCH_FACTOR)
         value = torch.where(flipped, batch_norm(x - self.x0[owner], self.norm).double(), torch.full_like(flipped, float("inf"), dtype=torch.float64))
         if unique:
-            better = value < self.value[owner]
-            if bool(better.any()):
-                idx = owner[better]
-                self.value[idx] = value[better]
-                self.x[idx] = x[better].to(self.x.dtype)
-                self.cls[idx] = logits[better].argmax(1)
-                self.code[idx] = code
-            return flipped
-        per = torch.full_like(self.value, float("inf")).scatter_reduce(0, owner, value, "amin")
-        better = per < self.value
-        rows = torch.arange(owner.shape[0], device=owner.device)
-        winner = (value == per[owner]) & better[owner] & torch.isfinite(value)
-        big = torch.full_like(self.cls, owner.shape[0])
-        first = big.scatter_reduce(0, owner, torch.where(winner, rows, torch.full_like(rows, owner.shape[0])), "amin")
-        take = first < owner.shape[0]
-        if take.any():
-            idx = take.nonzero().squeeze(1)
+            r = (value < self.value[owner]).nonzero().squeeze(1)  # winning rows, at most one per sample
+            idx = owner[r]
+        else:
+            per = torch.full_like(self.value, float("inf")).scatter_reduce(0, owner, value, "amin")
+            better = per < self.value
+            rows = torch.arange(owner.shape[0], device=owner.device)
+            winner = (value == per[owner]) & better[owner] & torch.isfinite(value)
+            big = torch.full_like(self.cls, owner.shape[0])
+            first = big.scatter_reduce(0, owner, torch.where(winner, rows, torch.full_like(rows, owner.shape[0])), "amin")
+            idx = (first < owner.shape[0]).nonzero().squeeze(1)  # samples with a winner: its first row
             r = first[idx]
+        if idx.numel():
             self.value[idx] = value[r]
             self.x[idx] = x[r].to(self.x.dtype)
             self.cls[idx] = logits[r].argmax(1)

@@ -64,7 +64,6 @@ _FAB_PRUNE = 1.1
 # 2.6x the passes and 2.5x the MLP's time: an option, not the default (docs/input-margins.md, probe table).
 _ALMA_STEP_SIZES = {Norm.L2: (None,), Norm.L1: (None, 0.1)}
 _ALMA_STEPS = {Norm.L2: 300, Norm.L1: 300}
-_FIRST_BALL_PATIENCE: int | None = None  # None: the independent ball run uses all its steps
 # affine_parameters builds a (D + 1, D) float64 identity; above this many features the shortcut is skipped.
 _AFFINE_MAX_FEATURES = 8192
 
@@ -396,9 +395,10 @@ def _run(method: str, oracle: Oracle, best: Best, todo: torch.Tensor, clean: tor
             _polish(oracle, fab_best, todo, clean, box_lo, box_hi, norm)
     ball_best = best.fresh()
     if method in ("auto", "ball"):
-        # An independent run from x_0: started from the projection result it would stay in that basin.
+        # An independent run from x_0 (started from the projection result it would stay in that basin),
+        # using all its steps: no patience stop.
         ball_rows(oracle, ball_best, todo, untargeted, torch.zeros_like(x0[todo]), box_lo, box_hi, norm,
-                  steps=ball_steps, patience=_FIRST_BALL_PATIENCE or ball_steps, code=1)
+                  steps=ball_steps, patience=ball_steps, code=1)
         if refine:
             _polish(oracle, ball_best, todo, clean, box_lo, box_hi, norm)
     best.absorb(fab_best)
