@@ -4,6 +4,7 @@
     OMP_NUM_THREADS=1 python bench/attacks_probe.py --models cnn --norm l2
     OMP_NUM_THREADS=1 python bench/attacks_probe.py --models cnn --norm l1 --alma-runs scaled
     OMP_NUM_THREADS=1 python bench/attacks_probe.py --models cnn --norm l2 --set extra_rounds=2
+    OMP_NUM_THREADS=1 python bench/attacks_probe.py --models cnn --norm l2 --alma-more none
     OMP_NUM_THREADS=1 python bench/attacks_probe.py --models cnn --norm l1 --set method=ball --set ball_steps=100
 
 Same 100 points as attacks_compare.py (correct under every model of the full run). The peers are NOT rerun,
@@ -33,6 +34,21 @@ def _value(text: str) -> int | str:
         return text
 
 
+def _points(n: int):
+    """The demo models of the full run and its first ``n`` test points (correct under all four models)."""
+    from marginkit.data import load_dataset
+    from marginkit.training import demo_model
+
+    ds = load_dataset("mnist5k")
+    x_test, y_test = ds.split("test")
+    allm = {name: demo_model(name)[0].eval() for name in ("linear", "mlp", "cnn")}
+    allm["mlp-at"] = ac.adversarially_trained_mlp()[0]
+    with torch.no_grad():
+        correct = torch.stack([m(x_test).argmax(1) == y_test for m in allm.values()]).all(0)
+    idx = correct.nonzero().squeeze(1)[:n]
+    return allm, x_test[idx], y_test[idx]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="cnn")
@@ -43,22 +59,14 @@ def main() -> None:
     ap.add_argument("--alma-runs", default=None,
                     help="comma list of initial step sizes of the ALMA runs of the schedule's step 5 in --norm, "
                          "'scaled' for the paper's schedule stretched to the run length (default: the engine's choice)")
+    ap.add_argument("--alma-more", default=None,
+                    help="comma list of step sizes of the further l2 ALMA runs ('none': no further runs; default: the engine's)")
     ap.add_argument("--raw", default="runs/bench_attacks/per_sample.csv")
     args = ap.parse_args()
     torch.set_num_threads(1)
     from marginkit.attacks import input_margin
-    from marginkit.data import load_dataset
-    from marginkit.training import demo_model
 
-    ds = load_dataset("mnist5k")
-    x_test, y_test = ds.split("test")
-    # the point selection of the full run needs all four models
-    allm = {n: demo_model(n)[0].eval() for n in ("linear", "mlp", "cnn")}
-    allm["mlp-at"] = ac.adversarially_trained_mlp()[0]
-    with torch.no_grad():
-        correct = torch.stack([m(x_test).argmax(1) == y_test for m in allm.values()]).all(0)
-    idx = correct.nonzero().squeeze(1)[: args.points]
-    x, y = x_test[idx], y_test[idx]
+    allm, x, y = _points(args.points)
     raw = pd.read_csv(args.raw)
     for name in args.models.split(","):
         model = allm[name]
@@ -67,6 +75,8 @@ def main() -> None:
         kw.update({k: _value(v) for k, v in (a.split("=", 1) for a in args.set)})
         if args.alma_runs is not None:
             kw["alma_lrs"] = tuple(None if v == "scaled" else float(v) for v in args.alma_runs.split(","))
+        if args.alma_more is not None:
+            kw["alma_more"] = () if args.alma_more == "none" else tuple(float(v) for v in args.alma_more.split(","))
         res = input_margin(model, x, norm=args.norm, return_adv=True, **kw)
         dt = time.perf_counter() - t0
         val = ac.judge(copy.deepcopy(model).double().eval(), x, y, res.adversarial, args.norm)

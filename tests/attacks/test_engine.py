@@ -127,6 +127,25 @@ def test_deterministic_and_batch_size_invariant(norm):
     c = input_margin(model, x, norm=norm, seed=7, batch_size=3)
     assert torch.allclose(a.upper, c.upper, rtol=1e-4)
     assert torch.equal(a.target, c.target)
+    # rows per model call (chunks of the engine's batches) change nothing but float rounding
+    d = input_margin(model, x, norm=norm, seed=7, max_rows=7)
+    assert d.settings["max_rows"] == 7 and a.settings["max_rows"] == 1024
+    assert torch.allclose(a.upper, d.upper, rtol=1e-4) and torch.equal(a.target, d.target)
+
+
+def test_rows_per_model_call_follow_the_activation_size_on_cpu():
+    from marginkit.attacks._oracle import _slices
+
+    assert [s.stop - s.start for s in _slices(294, 192)] == [147, 147]
+    assert [s.stop - s.start for s in _slices(10, 4)] == [3, 3, 4] and _slices(0, 5) == [slice(0, 0)]
+    torch.manual_seed(0)
+    wide = nn.Sequential(nn.Conv2d(1, 64, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64 * 28 * 28, 3)).eval()
+    x = torch.rand(2, 1, 28, 28)
+    res = input_margin(wide, x, norm="linf", ball_steps=5, fab_steps=3, extra_rounds=0)
+    # 2 x 64 x 784 + 3 floats per row (conv, ReLU) plus the flatten view: about 0.6 MB, so 53 rows of 32 MiB
+    assert res.settings["max_rows"] == 32 * 2**20 // (4 * (3 * 64 * 784 + 3))
+    with pytest.raises(ValueError, match="max_rows"):
+        input_margin(wide, x, norm="linf", max_rows=0)
 
 
 def _labels_wrong_on_first(model, x, k):
@@ -309,8 +328,8 @@ def test_alma_default_step_size_follows_the_scaled_paper_schedule(steps):
 
 def test_extra_alma_runs_only_add_candidates_and_are_recorded():
     model, x = _mlp(), _inputs(8)
-    one = input_margin(model, x, norm="l1", alma_lrs=(None,), agree_rtol=0.0)
-    two = input_margin(model, x, norm="l1", alma_lrs=(None, 0.1), agree_rtol=0.0)
+    one = input_margin(model, x, norm="l1", alma_lrs=(None,), alma_more=(), agree_rtol=0.0)
+    two = input_margin(model, x, norm="l1", alma_lrs=(None, 0.1), alma_more=(), agree_rtol=0.0)
     assert one.settings["alma_lrs"] == [None] and two.settings["alma_lrs"] == [None, 0.1]
     assert input_margin(model, x[:2], norm="l1").settings["alma_lrs"] == [None, 0.1]  # the l1 default
     assert input_margin(model, x[:2], norm="l2").settings["alma_lrs"] == [None]
@@ -324,6 +343,37 @@ def test_extra_alma_runs_only_add_candidates_and_are_recorded():
     assert (two.passes >= one.passes).all() and (two.passes > one.passes).any()
     with pytest.raises(ValueError, match="alma_lrs"):
         input_margin(model, x, norm="l2", alma_lrs=(0.0,))
+
+
+def test_further_alma_runs_only_where_the_first_round_left_the_methods_basins(monkeypatch):
+    import marginkit.attacks.engine as engine
+
+    calls = []
+    real = engine._alma_round
+
+    def spy(oracle, best, samples, lrs, *args, **kwargs):
+        calls.append((samples.clone(), tuple(lrs)))
+        return real(oracle, best, samples, lrs, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "_alma_round", spy)
+    model, x = _mlp(seed=2), _inputs(24, seed=3)
+    base = input_margin(model, x, norm="l2", alma_more=(), agree_rtol=0.0)
+    assert base.settings["alma_more"] == [] and len(calls) == 1
+    more = input_margin(model, x, norm="l2", agree_rtol=0.0)
+    assert more.settings["alma_more"] == [0.1, 0.2, 1.0]  # the l2 default
+    assert len(calls) == 3
+    (first, lrs1), (second, lrs2) = calls[1:]
+    assert input_margin(model, x[:2], norm="l1").settings["alma_more"] == [0.3, 1.0]
+    assert lrs1 == (None,) and lrs2 == (0.1, 0.2, 1.0)
+    assert 0 < second.numel() < first.numel() and set(second.tolist()) <= set(first.tolist())
+    # the first round is the same in both calls; the further runs only add candidates, on their samples only
+    assert (more.upper <= base.upper * (1 + 1e-6)).all()
+    extra = torch.zeros(24, dtype=torch.bool)
+    extra[second] = True
+    assert (more.passes[extra] > base.passes[extra]).all()
+    assert torch.equal(more.passes[~extra], base.passes[~extra]) and torch.equal(more.upper[~extra], base.upper[~extra])
+    with pytest.raises(ValueError, match="alma_more"):
+        input_margin(model, x, norm="l2", alma_more=(-1.0,))
 
 
 def test_time_limit_leaves_unattacked_samples_failed_with_nan_points():

@@ -91,9 +91,14 @@ class Oracle:
     @torch.no_grad()
     def logits(self, x: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
         """Plain forward passes of flat points ``x`` (R, D), in chunks of ``max_rows``."""
-        out = torch.cat([self._forward(c) for c in x.split(self.max_rows)]) if x.shape[0] else x.new_zeros(0, 0)
+        out = torch.cat([self._forward(x[sl]) for sl in _slices(x.shape[0], self.max_rows)]) if x.shape[0] else x.new_zeros(0, 0)
         self.forwards.index_add_(0, owner, torch.ones_like(owner))
         return out
+
+    @torch.no_grad()
+    def recheck(self, x: torch.Tensor) -> torch.Tensor:
+        """Plain forward passes of flat points ``x`` that are not counted (the engine's final re-check)."""
+        return torch.cat([self._forward(x[sl]) for sl in _slices(x.shape[0], self.max_rows)])
 
     def value_and_grad(self, x: torch.Tensor, owner: torch.Tensor, ref: torch.Tensor, aim: torch.Tensor | None,
                        objective=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -147,7 +152,10 @@ class Oracle:
 
 
 def _slices(n: int, size: int) -> list[slice]:
-    return [slice(i, min(i + size, n)) for i in range(0, n, size)] or [slice(0, 0)]
+    """``n`` rows in chunks of at most ``size``, as equal as possible (294 rows at 192: 147 + 147)."""
+    k = max(1, -(-n // size))
+    bounds = [(i * n) // k for i in range(k + 1)]
+    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def cosine(step: int, steps: int, start: float, end: float) -> float:

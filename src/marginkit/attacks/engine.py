@@ -16,7 +16,11 @@ work spent and a status. The default ``method="auto"`` schedule:
    result it would stay in that basin; on the demo CNN the independent run is 1-2% tighter), then refined;
 5. only on samples where the two methods disagree (their norms differ by more than ``agree_rtol``, or
    one failed): ALMA (Rony et al. 2021, :mod:`.alm`), 300 steps from x_0: in l2 one run, in l1 two
-   with different step sizes walking side by side in one batch, each refined; then (l1, linf; in l2 only with ``extra_rounds`` > 0) rounds of
+   with different step sizes walking side by side in one batch, each refined. Where that round
+   ended more than ``agree_rtol`` away from both methods' points (the sample has several basins and
+   where a walk ends is luck), further runs with other step sizes (``alma_more``: three in l2, two in
+   l1), side by side;
+   then (l1, linf; in l2 only with ``extra_rounds`` > 0) rounds of
    targeted projection from the best point towards the class it reaches, ball steps from it
    and refinement, while a round still improves by more than ``agree_rtol`` (``extra_rounds``, default 2;
    0 in l2 with ALMA, where two rounds left the demo-CNN results identical for +58 passes per sample:
@@ -57,13 +61,20 @@ _CODES = {0: "fab", 1: "ball", 2: "line-search", 3: "projection", 4: "fab", 6: "
 _FAB_PRUNE = 1.1
 # Default ALMA runs of step 5 per norm: initial step sizes (``alma_lrs``; None: the paper's schedule stretched
 # to ``alm_steps``, :func:`.alm.initial_step`) and steps per run (``alm_steps``); several runs walk side by
-# side in one batch. Where a run ends depends on its step size and length, and on the tail the better of
-# two differs from either. In l1 the second run takes the demo CNN's p95 ratio to the best peer from 1.16
-# to 1.07, so it is the default; in l2 two 500-step runs (0.1 and 0.3) take it from 1.029 to 1.013 against
-# the same peers (1.019 in a full benchmark run, whose matched-budget peers get the extra passes too) for
-# 2.6x the passes and 2.5x the MLP's time: an option, not the default (docs/input-margins.md, probe table).
+# side in one batch. Where a run ends on a sample with several basins depends on its step size, its length
+# and even on float rounding, so on the tail each run is one more draw. In l1 the second run takes the
+# demo CNN's p95 ratio to the best peer from 1.16 to 1.07. The further runs (``alma_more``, only where the
+# first round left both methods' basins: in l2 98% of the demo CNN's points, 8% of the MLP's) take the CNN's
+# p95 from 1.028 to 1.004 in l2 for 3.1x the passes, and in l1 from 1.060 to 1.050 with the median from
+# 0.996 to 0.975 for 1.7x (the MLPs: 1.6x / 1.25x the time, same results); fewer, longer runs do less for
+# the same work (two 500-step runs: 1.017; docs/input-margins.md, probe tables).
 _ALMA_STEP_SIZES = {Norm.L2: (None,), Norm.L1: (None, 0.1)}
 _ALMA_STEPS = {Norm.L2: 300, Norm.L1: 300}
+_ALMA_MORE = {Norm.L2: (0.1, 0.2, 1.0), Norm.L1: (0.3, 1.0)}
+# Activations of one forward per model call on CPU: on the demo CNN (174 KB of activations per row) a
+# forward + backward costs 0.23 ms per row up to 192 rows and 0.29-0.32 ms from 224 rows on (cache), and
+# the engine's batches reach 300-400 rows (ALMA runs and projection targets side by side).
+_CPU_ACTIVATION_BYTES = 32 * 2**20
 # affine_parameters builds a (D + 1, D) float64 identity; above this many features the shortcut is skipped.
 _AFFINE_MAX_FEATURES = 8192
 
@@ -152,13 +163,14 @@ def input_margin(
     ball_steps: int | None = None,
     alm_steps: int | None = None,
     alma_lrs: tuple[float | None, ...] | None = None,
+    alma_more: tuple[float | None, ...] | None = None,
     extra_rounds: int | None = None,
     agree_rtol: float = 1e-3,
     refine: bool = True,
     exact_affine: bool = True,
     return_adv: bool = False,
     batch_size: int | None = None,
-    max_rows: int = 1024,
+    max_rows: int | None = None,
     progress: bool = False,
 ) -> InputMarginResult:
     """Upper bounds on the minimal l_p perturbation d_in(x) that changes the decision, per sample.
@@ -173,15 +185,21 @@ def input_margin(
     and l1 with ``method="auto"`` (ALMA follows; on the demo CNN in l2 50 and 100 give the same final results)
     and 100 otherwise. ``alm_steps``: steps of each ALMA run of step 5 (l2, l1; 0 turns them off), default
     300; ``alma_lrs``: the initial step size of each ALMA run (None in the tuple: the paper's schedule
-    stretched to ``alm_steps``), default ``(None,)`` in l2 and ``(None, 0.1)`` in l1 (see ``_ALMA_STEP_SIZES``).
-    The runs walk side by side in one batch. ``alm_steps=500, alma_lrs=(0.1, 0.3)`` in l2 is a tighter,
-    slower schedule (demo CNN: p95 ratio to the best peer 1.013 instead of 1.029 for 2.6x the passes).
+    stretched to ``alm_steps``), default ``(None,)`` in l2 and ``(None, 0.1)`` in l1 (see ``_ALMA_STEP_SIZES``);
+    ``alma_more``: step sizes of further runs on the samples where the first ones ended more than
+    ``agree_rtol`` away from both the projection's and the ball's points, default ``(0.1, 0.2, 1.0)`` in
+    l2 and ``(0.3, 1.0)`` in l1. The runs of each round walk side by side in one batch. ``alma_more=()``
+    is the cheaper schedule of earlier versions (demo CNN, l2: p95 ratio to the best peer 1.028 instead
+    of 1.004, a third of the passes).
     ``topk``: runner-up classes attacked by boundary projection; ``method``: ``"auto"`` (see the module
     docstring), ``"fab"`` (targeted projection + refinement) or ``"ball"`` (adaptive ball + refinement).
     ``exact_affine``: with ``method="auto"`` and no ``target``, an affine model (:func:`marginkit.margins.is_affine`)
     gets its exact box-constrained margin (``lower``) and a verified point just past it (stage
     ``"affine-exact"``) instead of the iterative schedule; the n + 9 forward passes that recover (A, c) are
     charged to the samples evenly (see :mod:`marginkit.attacks.affine`).
+    ``batch_size``: samples per batch (default: per-batch buffers near 256 MiB); ``max_rows``: rows per
+    model call within a batch (default: on CPU as many as keep one forward's activations within 32 MiB,
+    at most 1024; 1024 on other devices). Neither changes results beyond float rounding.
     Deterministic: the algorithm draws no random numbers, so ``seed`` is recorded but does not change
     results (kept so that randomised options stay reproducible and results tables record it).
     """
@@ -213,9 +231,13 @@ def input_margin(
                       "Rescale the inputs or pass bounds=... if this is not intended.", MarginkitWarning, stacklevel=2)
     with torch.no_grad():
         try:
-            probe = model(x_all[:1])
+            probe, act_floats = _probe(model, x_all[:1])
         except Exception as exc:  # the model decides what shapes it accepts; say which shape it got
             raise ValueError(f"the model could not process inputs of shape {tuple(x_all.shape)}: {exc}") from exc
+    if max_rows is None:
+        max_rows = _auto_rows(act_floats, device)
+    elif max_rows < 1:
+        raise ValueError(f"max_rows must be positive, got {max_rows}")
     check_logits(probe, 1)
     num_classes = probe.shape[1]
     if labels is not None:
@@ -231,14 +253,17 @@ def input_margin(
     if extra_rounds is None:
         extra_rounds = 0 if norm is Norm.L2 and _uses_alma(method, norm, target, alm_steps) else 2
     alma_lrs = tuple(_ALMA_STEP_SIZES.get(norm, (None,)) if alma_lrs is None else alma_lrs)
+    alma_more = tuple(_ALMA_MORE.get(norm, ()) if alma_more is None else alma_more)
     if not alma_lrs or any(lr is not None and not lr > 0 for lr in alma_lrs):
         raise ValueError(f"alma_lrs must be a non-empty tuple of positive step sizes or None, got {alma_lrs}")
+    if any(lr is not None and not lr > 0 for lr in alma_more):
+        raise ValueError(f"alma_more must be a tuple of positive step sizes or None, got {alma_more}")
     deadline = None if max_seconds is None else t_start + float(max_seconds)
     rows_per = num_classes - 1 if method in ("auto", "fab") else 1
     chunk = batch_size or _default_batch(flat.shape[1], rows_per)
     settings = {"method": method, "norm": str(norm), "bounds": [lo_b, hi_b], "budget": budget, "max_seconds": max_seconds,
-                "seed": seed, "topk": topk, "fab_steps": fab_steps, "ball_steps": ball_steps, "alm_steps": alm_steps, "alma_lrs": list(alma_lrs), "extra_rounds": extra_rounds,
-                "agree_rtol": agree_rtol, "refine": refine, "exact_affine": exact_affine, "fab_prune": _FAB_PRUNE, "targeted": target is not None, "reference": "prediction" if labels is None else "labels"}
+                "seed": seed, "topk": topk, "fab_steps": fab_steps, "ball_steps": ball_steps, "alm_steps": alm_steps, "alma_lrs": list(alma_lrs), "alma_more": list(alma_more), "extra_rounds": extra_rounds,
+                "agree_rtol": agree_rtol, "max_rows": max_rows, "refine": refine, "exact_affine": exact_affine, "fab_prune": _FAB_PRUNE, "targeted": target is not None, "reference": "prediction" if labels is None else "labels"}
 
     affine_map = None
     affine_charge = 0
@@ -306,14 +331,13 @@ def input_margin(
             todo = todo[~resolved]  # a rung that did not verify: the iterative schedule takes over
         if todo.numel():
             _run(method, oracle, best, todo, clean, box_lo, box_hi, norm, num_classes, tg,
-                 topk=topk, fab_steps=fab_steps, ball_steps=ball_steps, alm_steps=alm_steps, alma_lrs=alma_lrs, extra_rounds=extra_rounds,
+                 topk=topk, fab_steps=fab_steps, ball_steps=ball_steps, alm_steps=alm_steps, alma_lrs=alma_lrs, alma_more=alma_more, extra_rounds=extra_rounds,
                  agree_rtol=agree_rtol, refine=refine)
         # Re-check every reported point with one plain forward pass.
         found = best.found.clone()
         if found.any():
             idx = found.nonzero().squeeze(1)
-            with torch.no_grad():
-                z = torch.cat([model(c.reshape(-1, *shape)) for c in best.x[idx].split(max_rows)])
+            z = oracle.recheck(best.x[idx])
             ok = is_flipped(z, ref[idx], None if tg is None else tg[idx])
             bad = idx[~ok]
             best.value[bad] = float("inf")
@@ -366,6 +390,33 @@ def input_margin(
                              lower=lower if affine_map is not None else None, settings=settings)
 
 
+def _probe(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """The model's output on one input and the number of floats its leaf modules output for it (0: unknown)."""
+    sizes: list[int] = []
+    hooks = []
+    known = True
+    try:
+        for m in model.modules():
+            if not any(True for _ in m.children()):
+                hooks.append(m.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel() if isinstance(out, torch.Tensor) else 0)))
+    except Exception:  # noqa: BLE001 - e.g. TorchScript modules take no hooks
+        known = False
+    try:
+        out = model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return out, int(sum(sizes)) if known else 0
+
+
+def _auto_rows(act_floats: int, device: torch.device) -> int:
+    """Rows per model call: on CPU, enough to keep one forward's activations within ``_CPU_ACTIVATION_BYTES``
+    (between 32 and 1024 rows); elsewhere 1024."""
+    if device.type != "cpu" or act_floats <= 0:
+        return 1024
+    return int(min(1024, max(32, _CPU_ACTIVATION_BYTES // (4 * act_floats))))
+
+
 def _uses_alma(method: str, norm: Norm, target, alm_steps: int) -> bool:
     """Whether the auto schedule runs ALMA (step 5): l2 or l1, untargeted, ``alm_steps`` > 0."""
     return method == "auto" and norm in (Norm.L2, Norm.L1) and target is None and alm_steps > 0
@@ -377,9 +428,34 @@ def _polish(oracle: Oracle, best: Best, samples: torch.Tensor, clean: torch.Tens
     line_search(oracle, best, samples, clean)
 
 
+def _alma_round(oracle: Oracle, best: Best, samples: torch.Tensor, lrs: tuple[float | None, ...], steps: int,
+                clean: torch.Tensor, box_lo, box_hi, norm: Norm) -> torch.Tensor:
+    """ALMA runs from x_0 on ``samples``, one per step size in ``lrs``, walking side by side as rows of one
+    batch (on a small model a step costs about the same for one run or several), each refined on its own
+    and absorbed into ``best``; returns the best refined norm of the round per sample."""
+    x0 = best.x0
+    runs = len(lrs)
+    rows_owner = samples.repeat(runs)
+    step0 = torch.tensor([initial_step(lr, steps) for lr in lrs], dtype=torch.float64, device=x0.device)
+    per_row = Best(x0[rows_owner], best.ref[rows_owner], norm)
+    alma_rows(oracle_view(oracle, rows_owner), per_row, torch.arange(rows_owner.numel(), device=x0.device),
+              box_lo[rows_owner], box_hi[rows_owner], steps=steps, norm=norm, lr=step0.repeat_interleave(samples.numel()))
+    reached = torch.full((samples.numel(),), float("inf"), dtype=best.value.dtype, device=best.value.device)
+    for j in range(runs):
+        # each run refined on its own: a further run only adds candidates (refining the better of two
+        # end points can land farther than refining the other)
+        run = best.fresh()
+        part = slice(j * samples.numel(), (j + 1) * samples.numel())
+        run.value[samples], run.x[samples], run.cls[samples], run.code[samples] = per_row.value[part], per_row.x[part], per_row.cls[part], per_row.code[part]
+        _polish(oracle, run, samples, clean, box_lo, box_hi, norm)
+        reached = torch.minimum(reached, run.value[samples])
+        best.absorb(run)
+    return reached
+
+
 def _run(method: str, oracle: Oracle, best: Best, todo: torch.Tensor, clean: torch.Tensor, box_lo, box_hi, norm: Norm,
          num_classes: int, target: torch.Tensor | None, *, topk: int, fab_steps: int, ball_steps: int,
-         alm_steps: int, alma_lrs: tuple[float | None, ...], extra_rounds: int, agree_rtol: float, refine: bool) -> None:
+         alm_steps: int, alma_lrs: tuple[float | None, ...], alma_more: tuple[float | None, ...], extra_rounds: int, agree_rtol: float, refine: bool) -> None:
     x0 = best.x0
     untargeted = torch.full_like(todo, -1) if target is None else target[todo]
     fab_best = best.fresh()
@@ -413,22 +489,14 @@ def _run(method: str, oracle: Oracle, best: Best, todo: torch.Tensor, clean: tor
         # A third, independent opinion where the two disagree: the augmented-Lagrangian walk often ends in
         # another basin of a non-linear model (on the demo CNN ALMA's own rules tighten the median vs the
         # best peer from 1.0148 with a plain PHR walk to ~1.002; bench/attacks_probe.py).
-        # The runs walk side by side as rows of one batch (on a small model a step costs about the same
-        # for one run or several), each row tracking its own best point.
-        runs = len(alma_lrs)
-        rows_owner = redo.repeat(runs)
-        step0 = torch.tensor([initial_step(lr, alm_steps) for lr in alma_lrs], dtype=torch.float64, device=x0.device)
-        per_row = Best(x0[rows_owner], best.ref[rows_owner], norm)
-        alma_rows(oracle_view(oracle, rows_owner), per_row, torch.arange(rows_owner.numel(), device=x0.device),
-                  box_lo[rows_owner], box_hi[rows_owner], steps=alm_steps, norm=norm, lr=step0.repeat_interleave(redo.numel()))
-        for j in range(runs):
-            # each run refined on its own: a further run only adds candidates (refining the better of two
-            # end points can land farther than refining the other)
-            run = best.fresh()
-            part = slice(j * redo.numel(), (j + 1) * redo.numel())
-            run.value[redo], run.x[redo], run.cls[redo], run.code[redo] = per_row.value[part], per_row.x[part], per_row.cls[part], per_row.code[part]
-            _polish(oracle, run, redo, clean, box_lo, box_hi, norm)
-            best.absorb(run)
+        base = torch.minimum(a, b)[disagree & best.found[todo]]
+        reached = _alma_round(oracle, best, redo, alma_lrs, alm_steps, clean, box_lo, box_hi, norm)
+        # Where ALMA ended in neither method's basin (more than agree_rtol away from both, better or
+        # worse), the sample has several basins and where a run ends is luck: further runs with other step
+        # sizes, each one more draw (demo CNN: 98% of the points, demo MLP: 8%).
+        more = redo[(reached - base).abs() > agree_rtol * torch.minimum(reached, base)]
+        if alma_more and more.numel() and not oracle.out_of_time():
+            _alma_round(oracle, best, more, alma_more, alm_steps, clean, box_lo, box_hi, norm)
     for _ in range(extra_rounds):
         # Only where the two methods disagree: both continue from the best point either found.
         if redo.numel() == 0 or oracle.out_of_time():

@@ -1,0 +1,67 @@
+"""How much each ALMA run adds on the tail: marginkit's schedule with one ALMA run of a given initial step
+size on every sample, for several step sizes, and the per-sample minimum over every subset of them,
+against the stored per-sample peer norms of the last full ``bench/attacks_compare.py`` run.
+
+    OMP_NUM_THREADS=1 python bench/alma_runs.py --model cnn --norm l2 --lrs scaled,0.1,0.03,0.2,0.5,1.0
+
+Each call is ``input_margin(..., alma_lrs=(lr,), alma_more=(), agree_rtol=-1)``: the projection and ball
+steps, then one ALMA run (``alm_steps``, default 300) on every sample (a negative ``agree_rtol`` makes
+every pair of methods "disagree"), so a subset's minimum is what a schedule running those ALMA runs
+everywhere would report. Prints, per subset size, the best, median and worst subset's p95 ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import os
+import sys
+
+import numpy as np
+import pandas as pd
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+import attacks_compare as ac  # noqa: E402
+from attacks_probe import _points  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="cnn")
+    ap.add_argument("--norm", default="l2")
+    ap.add_argument("--lrs", default="scaled,0.1,0.03,0.2,0.5,1.0")
+    ap.add_argument("--alm-steps", type=int, default=300)
+    ap.add_argument("--points", type=int, default=100)
+    ap.add_argument("--raw", default="runs/bench_attacks/per_sample.csv")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    from marginkit.attacks import input_margin
+
+    models, x, y = _points(args.points)
+    model = models[args.model]
+    m64 = copy.deepcopy(model).double().eval()
+    raw = pd.read_csv(args.raw)
+    peers = raw[(raw.model == args.model) & (raw.norm == args.norm) & ~raw.method.str.startswith("marginkit")]
+    best = peers.groupby("sample").value.min().reindex(range(x.shape[0])).to_numpy()
+    names = args.lrs.split(",")
+    vals = []
+    for name in names:
+        lr = None if name == "scaled" else float(name)
+        res = input_margin(model, x, norm=args.norm, alm_steps=args.alm_steps, alma_lrs=(lr,), alma_more=(),
+                           agree_rtol=-1.0, return_adv=True)
+        vals.append(ac.judge(m64, x, y, res.adversarial, args.norm))
+        r = vals[-1] / best
+        print(f"{args.model} {args.norm} one {args.alm_steps}-step ALMA run, initial step {name}: median {np.median(r):.4f} "
+              f"p95 {np.quantile(r, 0.95):.4f} passes {res.passes.float().mean():.0f}", flush=True)
+    vals = np.stack(vals)
+    print("| runs | subsets | p95 ratio to the best peer: best / median / worst subset | best subset |")
+    print("|---|---|---|---|")
+    for k in range(1, len(names) + 1):
+        q = sorted((float(np.quantile(vals[list(c)].min(0) / best, 0.95)), c) for c in itertools.combinations(range(len(names)), k))
+        print(f"| {k} | {len(q)} | {q[0][0]:.4f} / {q[len(q) // 2][0]:.4f} / {q[-1][0]:.4f} | {', '.join(names[i] for i in q[0][1])} |")
+
+
+if __name__ == "__main__":
+    main()
