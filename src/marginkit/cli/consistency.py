@@ -149,64 +149,41 @@ def register(app: typer.Typer) -> None:
         tnorm = str(df["norm"].iloc[0]) if len(df) and "norm" in df else as_norm(norm or "l2").value
         if norm is not None and tnorm != as_norm(norm).value:
             raise ValueError(f"--norm {norm} does not match the table, whose input margins are in {tnorm}")
-        extra_scores: dict = {}
-        extras: dict = {}
-        x_eval = None
-        if mdl is not None and (pseudo_train > 0 or isometry > 0):
+        if mdl is None and pseudo_train > 0:
+            raise ValueError("--pseudo-train needs --model (the pseudo-margin reads the model's representation)")
+        if mdl is None and isometry > 0:
+            raise ValueError("--isometry needs --model")
+        evaluate_options = {"eps_grid": grid, "subset_sizes": sizes, "repeats": repeats, "n_resamples": bootstrap}
+        iso = None
+        if mdl is None:
+            report = evaluate_consistency(df, eps_v, norm=tnorm, seed=seed, **evaluate_options)
+        else:
+            from marginkit.consistency import PseudoMarginConfig, model_consistency
             from marginkit.data import load_dataset
 
-            ds = load_dataset(dataset, classes=parse_classes(classes), seed=seed)
-            x_split, _ = ds.split(split)
-            x_eval = x_split[torch.as_tensor(df["index"].to_numpy(dtype="int64", copy=True))]
-        if pseudo_train > 0:
-            if mdl is None:
-                raise ValueError("--pseudo-train needs --model (the pseudo-margin reads the model's representation)")
-            from marginkit.consistency import PseudoMargin, PseudoMarginConfig, compare_scores
-
-            tr_dir = os.path.join(out, "train_table")
-            console.print(f"pseudo-margin: input margins of {pseudo_train} training samples -> {tr_dir}")
-            tr_df, _ = compute_table(model, weights, dataset, classes, "train", tnorm, "auto", pseudo_train, seed,
-                                     tr_dir, overwrite, attack_options)
-            ok = tr_df["input_margin_upper"].notna().to_numpy()
-            x_train, _ = ds.split("train")
-            x_tr = x_train[torch.as_tensor(tr_df["index"].to_numpy(dtype="int64", copy=True)[ok])]
-            cfg = PseudoMarginConfig(source=pseudo_source, epochs=pseudo_epochs, seed=seed)
-            pm = PseudoMargin.fit_model(mdl, x_tr, tr_df["input_margin_upper"].to_numpy()[ok], cfg, progress=True)
-            pm.save(os.path.join(out, "pseudo_margin.pt"))
-            pseudo = pm.score(mdl, x_eval).double().cpu().numpy()
-            extra_scores["pseudo-margin"] = pseudo
-            keep = df["input_margin_upper"].notna().to_numpy()
-            comp = compare_scores({"logit margin": df["logit_margin"].to_numpy()[keep], "pseudo-margin": pseudo[keep]},
-                                  df["input_margin_upper"].to_numpy()[keep], eps_v)
-            extras["pseudo_margin"] = {"file": "pseudo_margin.pt", "n_train_total": int(ok.sum()), "source": cfg.source,
-                                       "hidden": list(cfg.hidden), "transform": cfg.transform,
-                                       "best_val_mse": pm.info.get("best_val_mse"), "epochs_run": pm.info.get("epochs_run"),
-                                       "comparison": comp}
-        report = evaluate_consistency(df, eps_v, norm=tnorm, eps_grid=grid, extra_scores=extra_scores,
-                                      subset_sizes=sizes, repeats=repeats, n_resamples=bootstrap, seed=seed)
-        report.extras.update(extras)
-        if mdl is not None:
-            from marginkit.consistency import head_equidistance
-
-            try:
-                eq = head_equidistance(mdl, tnorm)
-                report.extras["equidistance"] = {"pairs": int(eq.distances.numel()), "median": eq.median, "iqr": eq.iqr,
-                                                 "relative_iqr": eq.relative_iqr}
-            except TypeError as exc:
-                report.extras["equidistance"] = {"message": str(exc)}
-        iso = None
-        if isometry > 0:
-            if mdl is None:
-                raise ValueError("--isometry needs --model")
-            from marginkit.attacks import input_margin  # type: ignore[attr-defined]
-            from marginkit.consistency import local_isometry
-
-            xi = x_eval[:isometry]
-            console.print(f"local isometry: attacking {xi.shape[0]} samples again to keep their adversarial examples")
-            res = input_margin(mdl, xi, None, tnorm, bounds=ds.bounds, return_adv=True, seed=seed, **attack_options)
-            valid = torch.isfinite(res.upper) & (res.upper > 0)
-            iso = local_isometry(mdl, xi, res.adversarial, tnorm, valid=valid)
-            report.extras["isometry"] = iso.to_dict()
+            x_eval = train = None
+            if pseudo_train > 0 or isometry > 0:
+                ds = load_dataset(dataset, classes=parse_classes(classes), seed=seed)
+                x_split, _ = ds.split(split)
+                x_eval = x_split[torch.as_tensor(df["index"].to_numpy(dtype="int64", copy=True))]
+            if pseudo_train > 0:
+                tr_dir = os.path.join(out, "train_table")
+                console.print(f"pseudo-margin: input margins of {pseudo_train} training samples -> {tr_dir}")
+                tr_df, _ = compute_table(model, weights, dataset, classes, "train", tnorm, "auto", pseudo_train, seed,
+                                         tr_dir, overwrite, attack_options)
+                x_train, _ = ds.split("train")
+                train = (x_train[torch.as_tensor(tr_df["index"].to_numpy(dtype="int64", copy=True))],
+                         tr_df["input_margin_upper"].to_numpy(dtype="float64"))
+            if isometry > 0:
+                console.print(f"local isometry: attacking {min(isometry, len(df))} samples again to keep their adversarial examples")
+            study = model_consistency(mdl, x_eval, df, eps_v, norm=tnorm, train=train,
+                                      pseudo_config=PseudoMarginConfig(source=pseudo_source, epochs=pseudo_epochs, seed=seed),
+                                      isometry=isometry, bounds=ds.bounds if x_eval is not None else (0.0, 1.0),
+                                      attack_options=attack_options, seed=seed, progress=True, **evaluate_options)
+            report, iso = study.report, study.isometry
+            if study.pseudo_margin is not None:
+                study.pseudo_margin.save(os.path.join(out, "pseudo_margin.pt"))
+                report.extras["pseudo_margin"]["file"] = "pseudo_margin.pt"
         report.extras["plots"] = write_consistency_plots(report, out, iso)
         report.settings.update({"source": settings, "model": model_ref, "versions": library_versions(),
                                 "seconds_total": round(time.perf_counter() - t_start, 2)})

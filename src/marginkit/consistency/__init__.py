@@ -7,7 +7,9 @@
 * :mod:`.pseudo_margin` -- a learned pseudo-margin for weakly consistent models (section 3.3);
 * :mod:`.diagnostics` -- head equidistance (appendix B.5) and local isometry (Fig. 6);
 * :mod:`.scoring` -- a deployable one-forward-pass vulnerability scorer;
-* :mod:`.evaluate` -- the whole evaluation of a per-sample results table (Table 1).
+* :mod:`.evaluate` -- the whole evaluation of a per-sample results table (Table 1);
+* :mod:`.study` -- that evaluation plus the steps that need the model (pseudo-margin, equidistance,
+  local isometry): what ``marginkit consistency`` runs.
 """
 
 from .algorithm1 import (
@@ -42,6 +44,7 @@ from .metrics import (
 )
 from .pseudo_margin import PseudoMargin, PseudoMarginConfig, representation
 from .scoring import Assessment, VulnerabilityScorer, compute_score
+from .study import ModelConsistency, model_consistency
 
 __all__ = [
     "DEFAULT_ALPHAS",
@@ -56,6 +59,7 @@ __all__ = [
     "DegenerateMetricError",
     "DetectionMetrics",
     "Isometry",
+    "ModelConsistency",
     "PseudoMargin",
     "PseudoMarginConfig",
     "ScoreReport",
@@ -75,6 +79,7 @@ __all__ = [
     "head_equidistance",
     "local_isometry",
     "margin_consistency",
+    "model_consistency",
     "non_robust_labels",
     "representation",
     "subset_estimates",
