@@ -5,6 +5,7 @@
     OMP_NUM_THREADS=1 python bench/attacks_probe.py --models cnn --norm l1 --alma-runs scaled
     OMP_NUM_THREADS=1 python bench/attacks_probe.py --models cnn --norm l2 --set extra_rounds=2
     OMP_NUM_THREADS=1 python bench/attacks_probe.py --models cnn --norm l2 --alma-more none
+    OMP_NUM_THREADS=1 python bench/attacks_probe.py --models mlp-at --norm l2 --profile 12
     OMP_NUM_THREADS=1 python bench/attacks_probe.py --models cnn --norm l1 --set method=ball --set ball_steps=100
 
 Same 100 points as attacks_compare.py (correct under every model of the full run). The peers are NOT rerun,
@@ -61,10 +62,22 @@ def main() -> None:
                          "'scaled' for the paper's schedule stretched to the run length (default: the engine's choice)")
     ap.add_argument("--alma-more", default=None,
                     help="comma list of step sizes of the further l2 ALMA runs ('none': no further runs; default: the engine's)")
+    ap.add_argument("--profile", type=int, default=0, help="print the N functions with the most own time (cProfile)")
     ap.add_argument("--raw", default="runs/bench_attacks/per_sample.csv")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    import marginkit.attacks.engine as engine
     from marginkit.attacks import input_margin
+
+    # count the samples each round of ALMA runs goes to (the first round, then the gated further runs)
+    rounds: list[tuple[int, int]] = []
+    alma_round = engine._alma_round
+
+    def counted(oracle, best, samples, lrs, *rest, **kw):
+        rounds.append((int(samples.numel()), len(lrs)))
+        return alma_round(oracle, best, samples, lrs, *rest, **kw)
+
+    engine._alma_round = counted
 
     allm, x, y = _points(args.points)
     raw = pd.read_csv(args.raw)
@@ -77,7 +90,15 @@ def main() -> None:
             kw["alma_lrs"] = tuple(None if v == "scaled" else float(v) for v in args.alma_runs.split(","))
         if args.alma_more is not None:
             kw["alma_more"] = () if args.alma_more == "none" else tuple(float(v) for v in args.alma_more.split(","))
-        res = input_margin(model, x, norm=args.norm, return_adv=True, **kw)
+        rounds.clear()
+        if args.profile:
+            import cProfile
+            import pstats
+
+            prof = cProfile.Profile()
+            res = prof.runcall(input_margin, model, x, norm=args.norm, return_adv=True, **kw)
+        else:
+            res = input_margin(model, x, norm=args.norm, return_adv=True, **kw)
         dt = time.perf_counter() - t0
         val = ac.judge(copy.deepcopy(model).double().eval(), x, y, res.adversarial, args.norm)
         peers = raw[(raw.model == name) & (raw.norm == args.norm) & ~raw.method.str.startswith("marginkit")]
@@ -87,6 +108,9 @@ def main() -> None:
               f"{np.quantile(r, 0.95):.4f} max {r.max():.4f} passes {res.passes.float().mean():.0f} {dt:.1f}s", flush=True)
         worst = np.argsort(-r)[:8]
         print("  worst:", ", ".join(f"#{i} {r[i]:.4f} {res.stage[i]} {int(res.passes[i])}p" for i in worst))
+        print("  ALMA rounds (samples x runs):", ", ".join(f"{n} x {k}" for n, k in rounds) or "none", f"of {len(val)} samples")
+        if args.profile:
+            pstats.Stats(prof).sort_stats("tottime").print_stats(args.profile)
 
 
 if __name__ == "__main__":

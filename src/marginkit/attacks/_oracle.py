@@ -90,8 +90,8 @@ class Oracle:
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
-        """Plain forward passes of flat points ``x`` (R, D), in chunks of ``max_rows``."""
-        out = torch.cat([self._forward(x[sl]) for sl in _slices(x.shape[0], self.max_rows)]) if x.shape[0] else x.new_zeros(0, 0)
+        """Plain forward passes of flat points ``x`` (R, D), in chunks of ``max_rows``, counted for ``owner``."""
+        out = self.recheck(x) if x.shape[0] else x.new_zeros(0, 0)
         self.forwards.index_add_(0, owner, torch.ones_like(owner))
         return out
 

@@ -61,20 +61,21 @@ _CODES = {0: "fab", 1: "ball", 2: "line-search", 3: "projection", 4: "fab", 6: "
 _FAB_PRUNE = 1.1
 # Default ALMA runs of step 5 per norm: initial step sizes (``alma_lrs``; None: the paper's schedule stretched
 # to ``alm_steps``, :func:`.alm.initial_step`) and steps per run (``alm_steps``); several runs walk side by
-# side in one batch. Where a run ends on a sample with several basins depends on its step size, its length
-# and even on float rounding, so on the tail each run is one more draw. In l1 the second run takes the
+# side in one batch. Where a run ends on a sample with several basins depends on its step size and its
+# length, and no single run is best on every sample, so on the tail each run is one more draw. In l1 the second run takes the
 # demo CNN's p95 ratio to the best peer from 1.16 to 1.07. The further runs (``alma_more``, only where the
-# first round left both methods' basins: in l2 98% of the demo CNN's points, 8% of the MLP's) take the CNN's
+# first round left both methods' basins: in l2 98% of the demo CNN's points, 11% of the MLP's) take the CNN's
 # p95 from 1.028 to 1.004 in l2 for 3.1x the passes, and in l1 from 1.060 to 1.050 with the median from
 # 0.996 to 0.975 for 1.7x (the MLPs: 1.6x / 1.25x the time, same results); fewer, longer runs do less for
 # the same work (two 500-step runs: 1.017; docs/input-margins.md, probe tables).
 _ALMA_STEP_SIZES = {Norm.L2: (None,), Norm.L1: (None, 0.1)}
 _ALMA_STEPS = {Norm.L2: 300, Norm.L1: 300}
 _ALMA_MORE = {Norm.L2: (0.1, 0.2, 1.0), Norm.L1: (0.3, 1.0)}
-# Activations of one forward per model call on CPU: on the demo CNN (174 KB of activations per row) a
-# forward + backward costs 0.23 ms per row up to 192 rows and 0.29-0.32 ms from 224 rows on (cache), and
-# the engine's batches reach 300-400 rows (ALMA runs and projection targets side by side).
-_CPU_ACTIVATION_BYTES = 32 * 2**20
+# Activations of one forward per model call on CPU: on the demo CNN (173 KB of activations per row) a
+# forward + backward costs about 0.23 ms per row up to 160 rows and 0.27-0.33 ms from 192 rows on (cache;
+# where the step falls varies between runs: bench/rows_per_call.py), and the engine's batches reach
+# 300-400 rows (ALMA runs and projection targets side by side). 24 MiB: 142 rows on the demo CNN.
+_CPU_ACTIVATION_BYTES = 24 * 2**20
 # affine_parameters builds a (D + 1, D) float64 identity; above this many features the shortcut is skipped.
 _AFFINE_MAX_FEATURES = 8192
 
@@ -198,7 +199,7 @@ def input_margin(
     ``"affine-exact"``) instead of the iterative schedule; the n + 9 forward passes that recover (A, c) are
     charged to the samples evenly (see :mod:`marginkit.attacks.affine`).
     ``batch_size``: samples per batch (default: per-batch buffers near 256 MiB); ``max_rows``: rows per
-    model call within a batch (default: on CPU as many as keep one forward's activations within 32 MiB,
+    model call within a batch (default: on CPU as many as keep one forward's activations within 24 MiB,
     at most 1024; 1024 on other devices). Neither changes results beyond float rounding.
     Deterministic: the algorithm draws no random numbers, so ``seed`` is recorded but does not change
     results (kept so that randomised options stay reproducible and results tables record it).
@@ -484,16 +485,17 @@ def _run(method: str, oracle: Oracle, best: Best, todo: torch.Tensor, clean: tor
     a, b = fab_best.value[todo], ball_best.value[todo]
     disagree = (a - b).abs() > agree_rtol * torch.minimum(a, b)
     disagree = disagree | (torch.isfinite(a) != torch.isfinite(b))
-    redo = todo[disagree & best.found[todo]]
+    sel = disagree & best.found[todo]
+    redo = todo[sel]
     if _uses_alma(method, norm, target, alm_steps) and redo.numel():
         # A third, independent opinion where the two disagree: the augmented-Lagrangian walk often ends in
         # another basin of a non-linear model (on the demo CNN ALMA's own rules tighten the median vs the
         # best peer from 1.0148 with a plain PHR walk to ~1.002; bench/attacks_probe.py).
-        base = torch.minimum(a, b)[disagree & best.found[todo]]
+        base = torch.minimum(a, b)[sel]
         reached = _alma_round(oracle, best, redo, alma_lrs, alm_steps, clean, box_lo, box_hi, norm)
         # Where ALMA ended in neither method's basin (more than agree_rtol away from both, better or
         # worse), the sample has several basins and where a run ends is luck: further runs with other step
-        # sizes, each one more draw (demo CNN: 98% of the points, demo MLP: 8%).
+        # sizes, each one more draw (demo CNN: 98% of the points, demo MLP: 11%; bench/attacks_probe.py prints the counts).
         more = redo[(reached - base).abs() > agree_rtol * torch.minimum(reached, base)]
         if alma_more and more.numel() and not oracle.out_of_time():
             _alma_round(oracle, best, more, alma_more, alm_steps, clean, box_lo, box_hi, norm)

@@ -162,8 +162,10 @@ def register(app: typer.Typer) -> None:
             from marginkit.data import load_dataset
 
             x_eval = train = None
+            bounds = (0.0, 1.0)
             if pseudo_train > 0 or isometry > 0:
                 ds = load_dataset(dataset, classes=parse_classes(classes), seed=seed)
+                bounds = ds.bounds
                 x_split, _ = ds.split(split)
                 x_eval = x_split[torch.as_tensor(df["index"].to_numpy(dtype="int64", copy=True))]
             if pseudo_train > 0:
@@ -178,7 +180,7 @@ def register(app: typer.Typer) -> None:
                 console.print(f"local isometry: attacking {min(isometry, len(df))} samples again to keep their adversarial examples")
             study = model_consistency(mdl, x_eval, df, eps_v, norm=tnorm, train=train,
                                       pseudo_config=PseudoMarginConfig(source=pseudo_source, epochs=pseudo_epochs, seed=seed),
-                                      isometry=isometry, bounds=ds.bounds if x_eval is not None else (0.0, 1.0),
+                                      isometry=isometry, bounds=bounds,
                                       attack_options=attack_options, seed=seed, progress=True, **evaluate_options)
             report, iso = study.report, study.isometry
             if study.pseudo_margin is not None:

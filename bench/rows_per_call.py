@@ -1,0 +1,44 @@
+"""Cost per row of one forward + backward pass of a demo model against the rows per call (one torch
+thread): the measurement behind the engine's default ``max_rows`` on CPU (``_CPU_ACTIVATION_BYTES``).
+
+    OMP_NUM_THREADS=1 python bench/rows_per_call.py --model cnn --rows 25,50,100,128,160,192,224,256,300,400
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="cnn")
+    ap.add_argument("--rows", default="25,50,100,128,160,192,224,256,300,400")
+    ap.add_argument("--seconds", type=float, default=1.5, help="time per measurement (the second of two counts)")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    from marginkit.attacks.engine import _auto_rows, _probe
+    from marginkit.training import demo_model
+
+    model = demo_model(args.model)[0].eval()
+    with torch.no_grad():
+        _, floats = _probe(model, torch.rand(1, 1, 28, 28))
+    print(f"{args.model}: {floats} activation floats per row ({4 * floats / 1024:.0f} KB); "
+          f"default rows per call on CPU: {_auto_rows(floats, torch.device('cpu'))}")
+    print("| rows per call | ms per call | us per row |")
+    print("|---|---|---|")
+    for n in (int(v) for v in args.rows.split(",")):
+        x = torch.rand(n, 1, 28, 28, requires_grad=True)
+        for _ in range(2):  # the first round warms up
+            t0, calls = time.perf_counter(), 0
+            while time.perf_counter() - t0 < args.seconds:
+                (g,) = torch.autograd.grad(model(x)[:, 0].sum(), x)
+                calls += 1
+            dt = (time.perf_counter() - t0) / calls
+        print(f"| {n} | {dt * 1e3:.1f} | {dt / n * 1e6:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
