@@ -3,6 +3,13 @@ size on every sample, for several step sizes, and the per-sample minimum over ev
 against the stored per-sample peer norms of the last full ``bench/attacks_compare.py`` run.
 
     OMP_NUM_THREADS=1 python bench/alma_runs.py --model cnn --norm l2 --lrs scaled,0.1,0.03,0.2,0.5,1.0
+    OMP_NUM_THREADS=1 python bench/alma_runs.py --model cnn --norm l1 --offset 100 --alm-steps 150 --set ball_steps=50 \
+        --lrs scaled,0.05,0.1,0.2,0.3,0.5,0.7,1.0,1.5,2.0,3.0,5.0,7.0,10.0,20.0
+
+``--offset K`` takes the points K, K+1, ... of the same list (correct under every demo model) instead of the
+benchmark's first ones, so that a schedule can be chosen on points the benchmark does not report; their
+reference is then the long peer runs of ``attacks_probe.reference`` (adv-lib ALMA 1000 and ``--ref-steps``
+steps, FMN ``--ref-steps``, FAB 100 iterations, DDN in l2: the peers that were best on the benchmark's points).
 
 Each call is ``input_margin(..., alma_lrs=(lr,), alma_more=(), agree_rtol=-1)``: the projection and ball
 steps, then one ALMA run (``alm_steps``, default 300) on every sample (a negative ``agree_rtol`` makes
@@ -24,7 +31,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 import attacks_compare as ac  # noqa: E402
-from attacks_probe import _points  # noqa: E402
+from attacks_probe import _points, _value, reference  # noqa: E402
 
 
 def main() -> None:
@@ -34,23 +41,31 @@ def main() -> None:
     ap.add_argument("--lrs", default="scaled,0.1,0.03,0.2,0.5,1.0")
     ap.add_argument("--alm-steps", type=int, default=300)
     ap.add_argument("--points", type=int, default=100)
+    ap.add_argument("--offset", type=int, default=0, help="first point (0: the benchmark's points, stored peers)")
+    ap.add_argument("--ref-steps", type=int, default=1332, help="steps of the long peer runs when --offset > 0")
+    ap.add_argument("--set", action="append", default=[], help="extra input_margin option key=value (int if it parses)")
     ap.add_argument("--raw", default="runs/bench_attacks/per_sample.csv")
     args = ap.parse_args()
     torch.set_num_threads(1)
     from marginkit.attacks import input_margin
 
-    models, x, y = _points(args.points)
+    models, x, y = _points(args.offset + args.points)
+    x, y = x[args.offset:], y[args.offset:]
     model = models[args.model]
     m64 = copy.deepcopy(model).double().eval()
-    raw = pd.read_csv(args.raw)
-    peers = raw[(raw.model == args.model) & (raw.norm == args.norm) & ~raw.method.str.startswith("marginkit")]
-    best = peers.groupby("sample").value.min().reindex(range(x.shape[0])).to_numpy()
+    if args.offset:
+        best = reference(args.model, model, x, y, args.norm, args.offset, args.ref_steps)
+    else:
+        raw = pd.read_csv(args.raw)
+        peers = raw[(raw.model == args.model) & (raw.norm == args.norm) & ~raw.method.str.startswith("marginkit")]
+        best = peers.groupby("sample").value.min().reindex(range(x.shape[0])).to_numpy()
+    extra = {k: _value(v) for k, v in (kv.split("=", 1) for kv in args.set)}
     names = args.lrs.split(",")
     vals = []
     for name in names:
         lr = None if name == "scaled" else float(name)
         res = input_margin(model, x, norm=args.norm, alm_steps=args.alm_steps, alma_lrs=(lr,), alma_more=(),
-                           agree_rtol=-1.0, return_adv=True)
+                           agree_rtol=-1.0, return_adv=True, **extra)
         vals.append(ac.judge(m64, x, y, res.adversarial, args.norm))
         r = vals[-1] / best
         print(f"{args.model} {args.norm} one {args.alm_steps}-step ALMA run, initial step {name}: median {np.median(r):.4f} "

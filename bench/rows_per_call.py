@@ -2,11 +2,16 @@
 thread): the measurement behind the engine's default ``max_rows`` on CPU (``_CPU_ACTIVATION_BYTES``).
 
     OMP_NUM_THREADS=1 python bench/rows_per_call.py --model cnn --rows 25,50,100,128,160,192,224,256,300,400
+    OMP_NUM_THREADS=1 python bench/rows_per_call.py --model cnn --rows 100,142 --layouts contiguous,channels_last
+
+``--layouts``: also time the model copied to the channels-last memory layout, as the engine's search does on
+CPU for conv nets (``input_margin(channels_last=None)``).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 
 import torch
@@ -17,6 +22,7 @@ def main() -> None:
     ap.add_argument("--model", default="cnn")
     ap.add_argument("--rows", default="25,50,100,128,160,192,224,256,300,400")
     ap.add_argument("--seconds", type=float, default=1.5, help="time per measurement (the second of two counts)")
+    ap.add_argument("--layouts", default="contiguous", help="comma list of contiguous, channels_last")
     args = ap.parse_args()
     torch.set_num_threads(1)
     from marginkit.attacks.engine import _auto_rows, _probe
@@ -27,17 +33,20 @@ def main() -> None:
         _, floats = _probe(model, torch.rand(1, 1, 28, 28))
     print(f"{args.model}: {floats} activation floats per row ({4 * floats / 1024:.0f} KB); "
           f"default rows per call on CPU: {_auto_rows(floats, torch.device('cpu'))}")
-    print("| rows per call | ms per call | us per row |")
-    print("|---|---|---|")
-    for n in (int(v) for v in args.rows.split(",")):
-        x = torch.rand(n, 1, 28, 28, requires_grad=True)
-        for _ in range(2):  # the first round warms up
-            t0, calls = time.perf_counter(), 0
-            while time.perf_counter() - t0 < args.seconds:
-                (g,) = torch.autograd.grad(model(x)[:, 0].sum(), x)
-                calls += 1
-            dt = (time.perf_counter() - t0) / calls
-        print(f"| {n} | {dt * 1e3:.1f} | {dt / n * 1e6:.0f} |", flush=True)
+    print("| layout | rows per call | ms per call | us per row |")
+    print("|---|---|---|---|")
+    for layout in args.layouts.split(","):
+        fmt = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}[layout]
+        m = model if layout == "contiguous" else copy.deepcopy(model).to(memory_format=fmt)
+        for n in (int(v) for v in args.rows.split(",")):
+            x = torch.rand(n, 1, 28, 28).contiguous(memory_format=fmt).requires_grad_(True)
+            for _ in range(2):  # the first round warms up
+                t0, calls = time.perf_counter(), 0
+                while time.perf_counter() - t0 < args.seconds:
+                    (g,) = torch.autograd.grad(m(x)[:, 0].sum(), x)
+                    calls += 1
+                dt = (time.perf_counter() - t0) / calls
+            print(f"| {layout} | {n} | {dt * 1e3:.1f} | {dt / n * 1e6:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

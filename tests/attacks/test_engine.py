@@ -365,7 +365,9 @@ def test_further_alma_runs_only_where_the_first_round_left_the_methods_basins(mo
     assert more.settings["alma_more"] == [0.1, 0.2, 1.0]  # the l2 default
     assert len(calls) == 3
     (first, lrs1), (second, lrs2) = calls[1:]
-    assert input_margin(model, x[:2], norm="l1").settings["alma_more"] == [0.3, 1.0]
+    l1 = input_margin(model, x[:2], norm="l1").settings  # the l1 defaults: more, shorter runs and a longer ball walk
+    assert len(l1["alma_more"]) == 14 and l1["alm_steps"] == 150 and l1["ball_steps"] == 300
+    assert more.settings["alm_steps"] == 300 and more.settings["ball_steps"] == 50
     assert lrs1 == (None,) and lrs2 == (0.1, 0.2, 1.0)
     assert 0 < second.numel() < first.numel() and set(second.tolist()) <= set(first.tolist())
     # the first round is the same in both calls; the further runs only add candidates, on their samples only
@@ -509,3 +511,63 @@ def test_alma_runs_side_by_side_match_separate_runs():
     torch.testing.assert_close(per_row.value[:6], v1, rtol=1e-4, atol=0)
     torch.testing.assert_close(per_row.value[6:], v3, rtol=1e-4, atol=0)
     assert torch.equal(oracle.passes, p1 + p3)  # both runs charged to their samples
+
+
+def test_first_alma_round_is_gated_in_l2_and_runs_on_every_sample_in_l1(monkeypatch):
+    import marginkit.attacks.engine as engine
+
+    firsts = []
+    real = engine._alma_round
+
+    def spy(oracle, best, samples, lrs, *args, **kwargs):
+        if lrs == tuple(engine._ALMA_STEP_SIZES[best.norm]):
+            firsts.append(samples.clone())
+        return real(oracle, best, samples, lrs, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "_alma_round", spy)
+    model, x = _mlp(seed=2), _inputs(24, seed=3)
+    l2 = input_margin(model, x, norm="l2", alma_more=())
+    l1 = input_margin(model, x, norm="l1", alma_more=())
+    (gated, every) = firsts
+    assert 0 < gated.numel() < 24  # l2: only where projection and ball disagree
+    assert sorted(every.tolist()) == list(range(24))  # l1: every sample (all flipped)
+    assert torch.isfinite(l1.upper).all() and torch.isfinite(l2.upper).all()
+
+
+class _ViewCNN(nn.Module):
+    """A small conv net whose flatten is a ``view``: it needs contiguous activations (no channels-last copy)."""
+
+    def __init__(self, view: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.head = nn.Linear(4 * 6 * 6, 3)
+        self.view = view
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x))
+        return self.head(h.view(h.shape[0], -1) if self.view else h.flatten(1))
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_channels_last_search_copy_verifies_every_point_and_changes_nothing_else(norm):
+    model = _ViewCNN(view=False).eval()
+    x = torch.rand(12, 1, 6, 6, generator=torch.Generator().manual_seed(4))
+    fast = input_margin(model, x, norm=norm, return_adv=True)
+    plain = input_margin(model, x, norm=norm, channels_last=False, return_adv=True)
+    assert fast.settings["channels_last"] and not plain.settings["channels_last"]  # auto: on for conv nets on CPU
+    assert all(s == "found" for s in fast.status)
+    with torch.no_grad():  # every reported point flips the model itself, not only its channels-last copy
+        assert (model(fast.adversarial).argmax(1) != fast.labels).all()
+    # the same search up to float rounding (which can send a walk elsewhere on a sample, not on average)
+    assert torch.isclose(fast.upper.median(), plain.upper.median(), rtol=1e-3)
+    assert model.conv.weight.is_contiguous()  # the user's model is left as it was
+
+
+def test_channels_last_falls_back_for_models_it_does_not_suit():
+    x = torch.rand(6, 1, 6, 6, generator=torch.Generator().manual_seed(5))
+    viewing = _ViewCNN(view=True).eval()  # .view on channels-last activations raises: the model runs as it is
+    assert not input_margin(viewing, x, norm="l2").settings["channels_last"]
+    assert not input_margin(_mlp(), _inputs(4), norm="l2").settings["channels_last"]  # no convolutions
+    with pytest.warns(MarginkitWarning, match="channels_last=True"):
+        input_margin(viewing, x, norm="l2", channels_last=True)

@@ -60,8 +60,11 @@ class Oracle:
     """
 
     def __init__(self, model: nn.Module, input_shape: tuple[int, ...], n_samples: int, device: torch.device,
-                 budget: int | None, deadline: float | None, max_rows: int) -> None:
+                 budget: int | None, deadline: float | None, max_rows: int, fast: nn.Module | None = None) -> None:
         self.model = model
+        # ``fast``: a copy of the model in the channels-last layout (see engine._channels_last_copy) that
+        # the search queries; the clean logits and the final re-check use ``model`` itself
+        self.fast = fast
         self.input_shape = tuple(input_shape)
         self.forwards = torch.zeros(n_samples, dtype=torch.long, device=device)
         self.backwards = torch.zeros(n_samples, dtype=torch.long, device=device)
@@ -85,20 +88,25 @@ class Oracle:
         need = torch.zeros_like(self.forwards).index_add_(0, owner, torch.full_like(owner, cost_per_row))
         return (self.passes + need)[owner] <= self.budget
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x.reshape(-1, *self.input_shape))
+    def _forward(self, x: torch.Tensor, exact: bool = False) -> torch.Tensor:
+        x = x.reshape(-1, *self.input_shape)
+        if self.fast is None or exact:
+            return self.model(x)
+        return self.fast(x.contiguous(memory_format=torch.channels_last))
 
     @torch.no_grad()
-    def logits(self, x: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
-        """Plain forward passes of flat points ``x`` (R, D), in chunks of ``max_rows``, counted for ``owner``."""
-        out = self.recheck(x) if x.shape[0] else x.new_zeros(0, 0)
+    def logits(self, x: torch.Tensor, owner: torch.Tensor, exact: bool = False) -> torch.Tensor:
+        """Plain forward passes of flat points ``x`` (R, D), in chunks of ``max_rows``, counted for ``owner``
+        (``exact``: through the model itself, not its fast copy)."""
+        out = self.recheck(x, exact) if x.shape[0] else x.new_zeros(0, 0)
         self.forwards.index_add_(0, owner, torch.ones_like(owner))
         return out
 
     @torch.no_grad()
-    def recheck(self, x: torch.Tensor) -> torch.Tensor:
-        """Plain forward passes of flat points ``x`` that are not counted (the engine's final re-check)."""
-        return torch.cat([self._forward(x[sl]) for sl in _slices(x.shape[0], self.max_rows)])
+    def recheck(self, x: torch.Tensor, exact: bool = True) -> torch.Tensor:
+        """Plain forward passes of flat points ``x`` that are not counted (the engine's final re-check,
+        through the model itself)."""
+        return torch.cat([self._forward(x[sl], exact) for sl in _slices(x.shape[0], self.max_rows)])
 
     def value_and_grad(self, x: torch.Tensor, owner: torch.Tensor, ref: torch.Tensor, aim: torch.Tensor | None,
                        objective=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
