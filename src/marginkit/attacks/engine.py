@@ -227,7 +227,8 @@ def input_margin(
     within ``_LAYOUT_RTOL``; True: wherever that check passes; False: never). On CPU oneDNN's convolutions are
     faster in that layout (a forward + backward of the demo CNN: about 1.4x, 150-160 instead of 220-230 us
     per row; ``bench/rows_per_call.py --layouts contiguous,channels_last``).
-    The clean decision and the final re-check of every reported point use the model itself.
+    The clean decision and the final re-check of every reported point use the model itself; the copy holds
+    a second set of the model's parameters while the call runs.
     Deterministic: the algorithm draws no random numbers, so ``seed`` is recorded but does not change
     results (kept so that randomised options stay reproducible and results tables record it).
     """
