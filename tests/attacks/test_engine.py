@@ -528,9 +528,12 @@ def test_first_alma_round_is_gated_in_l2_and_runs_on_every_sample_in_l1(monkeypa
     model, x = _mlp(seed=2), _inputs(24, seed=3)
     l2 = input_margin(model, x, norm="l2", alma_more=())
     l1 = input_margin(model, x, norm="l1", alma_more=())
-    (gated, every) = firsts
+    gated_l1 = input_margin(model, x, norm="l1", alma_more=(), alma_gate=True)
+    (gated, every, l1_gated) = firsts
     assert 0 < gated.numel() < 24  # l2: only where projection and ball disagree
     assert sorted(every.tolist()) == list(range(24))  # l1: every sample (all flipped)
+    assert l1_gated.numel() < 24 and set(l1_gated.tolist()) <= set(every.tolist())  # the option restores the gate
+    assert l1.settings["alma_gate"] is False and gated_l1.settings["alma_gate"] is True and l2.settings["alma_gate"] is True
     assert torch.isfinite(l1.upper).all() and torch.isfinite(l2.upper).all()
 
 

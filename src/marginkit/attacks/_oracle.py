@@ -94,19 +94,22 @@ class Oracle:
             return self.model(x)
         return self.fast(x.contiguous(memory_format=torch.channels_last))
 
+    def _plain(self, x: torch.Tensor, exact: bool) -> torch.Tensor:
+        return torch.cat([self._forward(x[sl], exact) for sl in _slices(x.shape[0], self.max_rows)])
+
     @torch.no_grad()
     def logits(self, x: torch.Tensor, owner: torch.Tensor, exact: bool = False) -> torch.Tensor:
         """Plain forward passes of flat points ``x`` (R, D), in chunks of ``max_rows``, counted for ``owner``
         (``exact``: through the model itself, not its fast copy)."""
-        out = self.recheck(x, exact) if x.shape[0] else x.new_zeros(0, 0)
+        out = self._plain(x, exact) if x.shape[0] else x.new_zeros(0, 0)
         self.forwards.index_add_(0, owner, torch.ones_like(owner))
         return out
 
     @torch.no_grad()
-    def recheck(self, x: torch.Tensor, exact: bool = True) -> torch.Tensor:
-        """Plain forward passes of flat points ``x`` that are not counted (the engine's final re-check,
-        through the model itself)."""
-        return torch.cat([self._forward(x[sl], exact) for sl in _slices(x.shape[0], self.max_rows)])
+    def recheck(self, x: torch.Tensor) -> torch.Tensor:
+        """Plain forward passes of flat points ``x`` through the model itself, not counted (the engine's
+        final re-check)."""
+        return self._plain(x, True)
 
     def value_and_grad(self, x: torch.Tensor, owner: torch.Tensor, ref: torch.Tensor, aim: torch.Tensor | None,
                        objective=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -77,15 +77,15 @@ _ALMA_STEP_SIZES = {Norm.L2: (None,), Norm.L1: (None, 0.1)}
 _ALMA_STEPS = {Norm.L2: 300, Norm.L1: 150}
 _ALMA_MORE = {Norm.L2: (0.1, 0.2, 1.0), Norm.L1: (0.03, 0.05, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 5.0, 7.0, 10.0, 20.0)}
 # Steps of the adaptive-ball run per norm when ALMA follows (``ball_steps``): in l1 the FMN-style walk reaches
-# basins the ALMA runs miss (demo CNN, l1: p95 1.034 -> 1.017 on the selection set, 1.031 -> 1.023 on the
-# benchmark's points, with 50 -> 300 steps); in l2 50 and 100 steps gave the same final results.
+# basins the ALMA runs miss (demo CNN, l1, 2 + 10 runs, first round gated: p95 1.034 -> 1.017 on the selection
+# set with 50 -> 300 steps; docs/input-margins.md); in l2 50 and 100 steps gave the same final results.
 _BALL_STEPS_WITH_ALMA = {Norm.L2: 50, Norm.L1: 300}
 # Whether the first ALMA round goes only to the samples where projection and ball disagree. In l1 their
 # agreement is weak evidence: on the demo CNN both ended at the same point 8-17% above a peer's on 2 of 100
 # selection points (and on the PGD MLP 2.5% above on 1 of the benchmark's 100), and the first round on every
 # sample takes the selection set's p95 ratio from 1.0067 to 1.0003 for 2% more passes on the CNN; on the
 # benchmark's points the MLPs' l1 p95 stays at 1.0000 / 1.0018 for 34% / 28% more passes
-# (bench/attacks_probe.py --models cnn --norm l1 [--offset 100]).
+# (bench/attacks_probe.py --models cnn --norm l1 [--offset 100] [--set channels_last=0] [--set alma_gate=1]).
 _ALMA_GATED = {Norm.L2: True, Norm.L1: False}
 # Activations of one forward per model call on CPU: on the demo CNN (173 KB of activations per row) a
 # forward + backward costs about 0.23 ms per row up to 160 rows and 0.27-0.33 ms from 192 rows on (cache;
@@ -93,7 +93,8 @@ _ALMA_GATED = {Norm.L2: True, Norm.L1: False}
 # 300-400 rows (ALMA runs and projection targets side by side). 24 MiB: 142 rows on the demo CNN.
 _CPU_ACTIVATION_BYTES = 24 * 2**20
 # Largest difference between the channels-last copy's logits and the model's on the probe input, relative
-# to the logit scale: a quarter of the flip test's margin of safety (the demo CNN: 3.5e-7).
+# to the logit scale: a quarter of the flip test's margin of safety (the demo CNN: 3.4e-7 on 500 random
+# inputs, bench/rows_per_call.py --layouts contiguous,channels_last).
 _LAYOUT_RTOL = 5e-7
 # affine_parameters builds a (D + 1, D) float64 identity; above this many features the shortcut is skipped.
 _AFFINE_MAX_FEATURES = 8192
@@ -184,6 +185,7 @@ def input_margin(
     alm_steps: int | None = None,
     alma_lrs: tuple[float | None, ...] | None = None,
     alma_more: tuple[float | None, ...] | None = None,
+    alma_gate: bool | None = None,
     extra_rounds: int | None = None,
     agree_rtol: float = 1e-3,
     refine: bool = True,
@@ -210,7 +212,9 @@ def input_margin(
     in l2 and ``(None, 0.1)`` in l1 (see ``_ALMA_STEP_SIZES``);
     ``alma_more``: step sizes of further runs on the samples where the first ones ended more than
     ``agree_rtol`` away from both the projection's and the ball's points, default ``(0.1, 0.2, 1.0)`` in
-    l2 and fourteen from 0.03 to 20 in l1 (``_ALMA_MORE``). The runs of each round walk side by side in one batch. ``alma_more=()``
+    l2 and fourteen from 0.03 to 20 in l1 (``_ALMA_MORE``). ``alma_gate``: whether the first ALMA round goes
+    only to the samples where projection and ball disagree (default: yes in l2, no in l1; ``_ALMA_GATED``).
+    The runs of each round walk side by side in one batch. ``alma_more=()``
     is the cheaper schedule of earlier versions (demo CNN, l2: p95 ratio to the best peer 1.028 instead
     of 1.004, a third of the passes).
     ``topk``: runner-up classes attacked by boundary projection; ``method``: ``"auto"`` (see the module
@@ -288,6 +292,7 @@ def input_margin(
         extra_rounds = 0 if norm is Norm.L2 and _uses_alma(method, norm, target, alm_steps) else 2
     alma_lrs = tuple(_ALMA_STEP_SIZES.get(norm, (None,)) if alma_lrs is None else alma_lrs)
     alma_more = tuple(_ALMA_MORE.get(norm, ()) if alma_more is None else alma_more)
+    alma_gate = _ALMA_GATED.get(norm, True) if alma_gate is None else bool(alma_gate)
     if not alma_lrs or any(lr is not None and not lr > 0 for lr in alma_lrs):
         raise ValueError(f"alma_lrs must be a non-empty tuple of positive step sizes or None, got {alma_lrs}")
     if any(lr is not None and not lr > 0 for lr in alma_more):
@@ -296,7 +301,7 @@ def input_margin(
     rows_per = num_classes - 1 if method in ("auto", "fab") else 1
     chunk = batch_size or _default_batch(flat.shape[1], rows_per)
     settings = {"method": method, "norm": str(norm), "bounds": [lo_b, hi_b], "budget": budget, "max_seconds": max_seconds,
-                "seed": seed, "topk": topk, "fab_steps": fab_steps, "ball_steps": ball_steps, "alm_steps": alm_steps, "alma_lrs": list(alma_lrs), "alma_more": list(alma_more), "extra_rounds": extra_rounds,
+                "seed": seed, "topk": topk, "fab_steps": fab_steps, "ball_steps": ball_steps, "alm_steps": alm_steps, "alma_lrs": list(alma_lrs), "alma_more": list(alma_more), "alma_gate": alma_gate, "extra_rounds": extra_rounds,
                 "agree_rtol": agree_rtol, "max_rows": max_rows, "channels_last": fast is not None, "refine": refine, "exact_affine": exact_affine, "fab_prune": _FAB_PRUNE, "targeted": target is not None, "reference": "prediction" if labels is None else "labels"}
 
     affine_map = None
@@ -365,7 +370,7 @@ def input_margin(
             todo = todo[~resolved]  # a rung that did not verify: the iterative schedule takes over
         if todo.numel():
             _run(method, oracle, best, todo, clean, box_lo, box_hi, norm, num_classes, tg,
-                 topk=topk, fab_steps=fab_steps, ball_steps=ball_steps, alm_steps=alm_steps, alma_lrs=alma_lrs, alma_more=alma_more, extra_rounds=extra_rounds,
+                 topk=topk, fab_steps=fab_steps, ball_steps=ball_steps, alm_steps=alm_steps, alma_lrs=alma_lrs, alma_more=alma_more, alma_gate=alma_gate, extra_rounds=extra_rounds,
                  agree_rtol=agree_rtol, refine=refine)
         # Re-check every reported point with one plain forward pass.
         found = best.found.clone()
@@ -500,19 +505,18 @@ def _alma_round(oracle: Oracle, best: Best, samples: torch.Tensor, lrs: tuple[fl
     # points can land farther than refining the other), all runs' rows in the same model calls
     _polish(oracle_view(oracle, rows_owner), per_row, torch.arange(rows_owner.numel(), device=x0.device),
             clean[rows_owner], box_lo[rows_owner], box_hi[rows_owner], norm)
-    reached = torch.full((samples.numel(),), float("inf"), dtype=best.value.dtype, device=best.value.device)
-    for j in range(runs):
-        run = best.fresh()
-        part = slice(j * samples.numel(), (j + 1) * samples.numel())
-        run.value[samples], run.x[samples], run.cls[samples], run.code[samples] = per_row.value[part], per_row.x[part], per_row.cls[part], per_row.code[part]
-        reached = torch.minimum(reached, run.value[samples])
-        best.absorb(run)
+    # per sample, the run that ended smallest (the first of equals), taken into ``best`` where it is better
+    reached, j = per_row.value.view(runs, samples.numel()).min(0)
+    rows = j * samples.numel() + torch.arange(samples.numel(), device=x0.device)
+    run = best.fresh()
+    run.value[samples], run.x[samples], run.cls[samples], run.code[samples] = per_row.value[rows], per_row.x[rows], per_row.cls[rows], per_row.code[rows]
+    best.absorb(run)
     return reached
 
 
 def _run(method: str, oracle: Oracle, best: Best, todo: torch.Tensor, clean: torch.Tensor, box_lo, box_hi, norm: Norm,
          num_classes: int, target: torch.Tensor | None, *, topk: int, fab_steps: int, ball_steps: int,
-         alm_steps: int, alma_lrs: tuple[float | None, ...], alma_more: tuple[float | None, ...], extra_rounds: int, agree_rtol: float, refine: bool) -> None:
+         alm_steps: int, alma_lrs: tuple[float | None, ...], alma_more: tuple[float | None, ...], alma_gate: bool, extra_rounds: int, agree_rtol: float, refine: bool) -> None:
     x0 = best.x0
     untargeted = torch.full_like(todo, -1) if target is None else target[todo]
     fab_best = best.fresh()
@@ -543,7 +547,7 @@ def _run(method: str, oracle: Oracle, best: Best, todo: torch.Tensor, clean: tor
     disagree = disagree | (torch.isfinite(a) != torch.isfinite(b))
     sel = disagree & best.found[todo]
     redo = todo[sel]
-    walk = sel if _ALMA_GATED.get(norm, True) else best.found[todo]
+    walk = sel if alma_gate else best.found[todo]
     if _uses_alma(method, norm, target, alm_steps) and walk.any():
         # A third, independent opinion where the two disagree: the augmented-Lagrangian walk often ends in
         # another basin of a non-linear model (on the demo CNN ALMA's own rules tighten the median vs the
