@@ -11,7 +11,7 @@ benchmark's first ones, so that a schedule can be chosen on points the benchmark
 reference is then the long peer runs of ``attacks_probe.reference`` (adv-lib ALMA 1000 and ``--ref-steps``
 steps, FMN ``--ref-steps``, FAB 100 iterations, DDN in l2: the peers that were best on the benchmark's points).
 
-Each call is ``input_margin(..., alma_lrs=(lr,), alma_more=(), agree_rtol=-1)``: the projection and ball
+Each call is ``input_margin(..., alma_lrs=(lr,), alma_more=(), alma_long=0, agree_rtol=-1)``: the projection and ball
 steps, then one ALMA run (``alm_steps``, default 300) on every sample (a negative ``agree_rtol`` makes
 every pair of methods "disagree"), so a subset's minimum is what a schedule running those ALMA runs
 everywhere would report. Prints, per subset size, the best, median and worst subset's p95 ratio.
@@ -64,7 +64,7 @@ def main() -> None:
     vals = []
     for name in names:
         lr = None if name == "scaled" else float(name)
-        res = input_margin(model, x, norm=args.norm, alm_steps=args.alm_steps, alma_lrs=(lr,), alma_more=(),
+        res = input_margin(model, x, norm=args.norm, alm_steps=args.alm_steps, alma_lrs=(lr,), alma_more=(), alma_long=0,
                            agree_rtol=-1.0, return_adv=True, **extra)
         vals.append(ac.judge(m64, x, y, res.adversarial, args.norm))
         r = vals[-1] / best

@@ -95,6 +95,7 @@ def main() -> None:
     ap.add_argument("--profile", type=int, default=0, help="print the N functions with the most own time (cProfile)")
     ap.add_argument("--offset", type=int, default=0, help="first point (0: the benchmark's points and their stored peers)")
     ap.add_argument("--raw", default="runs/bench_attacks/per_sample.csv")
+    ap.add_argument("--save", default=None, help="write marginkit's per-sample norms to this .npy file (one model)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     import marginkit.attacks.engine as engine
@@ -139,6 +140,8 @@ def main() -> None:
             peers = raw[(raw.model == name) & (raw.norm == args.norm) & ~raw.method.str.startswith("marginkit")]
             best = peers.groupby("sample").value.min().reindex(range(len(val))).to_numpy()
         r = val / best
+        if args.save:
+            np.save(args.save, val)
         print(f"{name} {args.norm}: median norm {np.median(val):.4f} vs peers median {np.median(r):.4f} p95 "
               f"{np.quantile(r, 0.95):.4f} max {r.max():.4f} passes {res.passes.float().mean():.0f} {dt:.1f}s", flush=True)
         worst = np.argsort(-r)[:8]

@@ -330,8 +330,8 @@ def test_alma_default_step_size_follows_the_scaled_paper_schedule(steps):
 
 def test_extra_alma_runs_only_add_candidates_and_are_recorded():
     model, x = _mlp(), _inputs(8)
-    one = input_margin(model, x, norm="l1", alma_lrs=(None,), alma_more=(), agree_rtol=0.0)
-    two = input_margin(model, x, norm="l1", alma_lrs=(None, 0.1), alma_more=(), agree_rtol=0.0)
+    one = input_margin(model, x, norm="l1", alma_lrs=(None,), alma_more=(), alma_long=0, agree_rtol=0.0)
+    two = input_margin(model, x, norm="l1", alma_lrs=(None, 0.1), alma_more=(), alma_long=0, agree_rtol=0.0)
     assert one.settings["alma_lrs"] == [None] and two.settings["alma_lrs"] == [None, 0.1]
     assert input_margin(model, x[:2], norm="l1").settings["alma_lrs"] == [None, 0.1]  # the l1 default
     assert input_margin(model, x[:2], norm="l2").settings["alma_lrs"] == [None]
@@ -365,9 +365,9 @@ def test_further_alma_runs_only_where_the_first_round_left_the_methods_basins(mo
     assert more.settings["alma_more"] == [0.1, 0.2, 1.0]  # the l2 default
     assert len(calls) == 3
     (first, lrs1), (second, lrs2) = calls[1:]
-    l1 = input_margin(model, x[:2], norm="l1").settings  # the l1 defaults: more, shorter runs and a longer ball walk
-    assert len(l1["alma_more"]) == 14 and l1["alm_steps"] == 150 and l1["ball_steps"] == 300
-    assert more.settings["alm_steps"] == 300 and more.settings["ball_steps"] == 50
+    l1 = input_margin(model, x[:2], norm="l1").settings  # the l1 defaults: more, shorter runs, a long one, a longer ball walk
+    assert len(l1["alma_more"]) == 14 and l1["alm_steps"] == 150 and l1["alma_long"] == 1000 and l1["ball_steps"] == 300
+    assert more.settings["alm_steps"] == 300 and more.settings["alma_long"] == 0 and more.settings["ball_steps"] == 50
     assert lrs1 == (None,) and lrs2 == (0.1, 0.2, 1.0)
     assert 0 < second.numel() < first.numel() and set(second.tolist()) <= set(first.tolist())
     # the first round is the same in both calls; the further runs only add candidates, on their samples only
@@ -378,6 +378,38 @@ def test_further_alma_runs_only_where_the_first_round_left_the_methods_basins(mo
     assert torch.equal(more.passes[~extra], base.passes[~extra]) and torch.equal(more.upper[~extra], base.upper[~extra])
     with pytest.raises(ValueError, match="alma_more"):
         input_margin(model, x, norm="l2", alma_more=(-1.0,))
+
+
+def test_long_alma_run_goes_where_the_further_runs_go(monkeypatch):
+    """``alma_long``: one more run of that many steps on exactly the samples of the further runs; the others are
+    untouched, the gated ones spend two passes per step of it plus the refinement's few forward passes, and
+    can only improve."""
+    import marginkit.attacks.engine as engine
+
+    calls = []
+    real = engine._alma_round
+
+    def spy(oracle, best, samples, lrs, steps, *args, **kwargs):
+        calls.append((samples.clone(), tuple(lrs), steps))
+        return real(oracle, best, samples, lrs, steps, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "_alma_round", spy)
+    model, x = _mlp(seed=2), _inputs(24, seed=3)
+    base = input_margin(model, x, norm="l2", alma_more=(0.1,), agree_rtol=0.0)
+    assert base.settings["alma_long"] == 0 and len(calls) == 2
+    calls.clear()
+    long = input_margin(model, x, norm="l2", alma_more=(0.1,), alma_long=40, agree_rtol=0.0)
+    assert long.settings["alma_long"] == 40 and len(calls) == 3
+    (_, _, _), (more, _, _), (gated, lrs, steps) = calls
+    assert torch.equal(gated, more) and lrs == (None,) and steps == 40 and 0 < gated.numel() < 24
+    extra = torch.zeros(24, dtype=torch.bool)
+    extra[gated] = True
+    assert torch.equal(long.passes[~extra], base.passes[~extra]) and torch.equal(long.upper[~extra], base.upper[~extra])
+    added = long.passes[extra] - base.passes[extra]
+    assert (added >= 80).all() and (added <= 80 + 30).all()
+    assert (long.upper <= base.upper * (1 + 1e-6)).all()
+    with pytest.raises(ValueError, match="alma_long"):
+        input_margin(model, x, norm="l1", alma_long=-1)
 
 
 def test_time_limit_leaves_unattacked_samples_failed_with_nan_points():

@@ -65,7 +65,10 @@ def fab_rows(oracle: Oracle, best: Best, owner: torch.Tensor, aim: torch.Tensor,
         stall[rows] = torch.where(improved | ~torch.isfinite(row_best[rows]) & ~flipped, torch.zeros_like(stall[rows]), stall[rows] + 1)
         row_best[rows] = torch.minimum(row_best[rows], value)
         # FAB's pull-back: an adversarial iterate restarts from a point closer to x_0 (beta of the way).
-        p = torch.where(flipped[:, None], x0s + beta * (xs - x0s), xs)
+        # Also one across the boundary by less than the flip test's safety margin (g > 0, not accepted): the
+        # projection leaves it where it is (it satisfies g_lin >= 0), so without the pull-back it is a fixed point.
+        crossed = flipped | (g > 0)
+        p = torch.where(crossed[:, None], x0s + beta * (xs - x0s), xs)
         np_, dp = project_linearised(w, g, xs, p, lo_r, hi_r, norm)
         n0, d0 = project_linearised(w, g, xs, x0s, lo_r, hi_r, norm)
         alpha = (np_ / (np_ + n0)).nan_to_num(0.0).clamp(0.0, alpha_max)[:, None]
