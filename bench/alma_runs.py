@@ -26,12 +26,11 @@ import os
 import sys
 
 import numpy as np
-import pandas as pd
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 import attacks_compare as ac  # noqa: E402
-from attacks_probe import _points, _value, reference  # noqa: E402
+from attacks_probe import _points, _value, best_peer  # noqa: E402
 
 
 def main() -> None:
@@ -53,12 +52,7 @@ def main() -> None:
     x, y = x[args.offset:], y[args.offset:]
     model = models[args.model]
     m64 = copy.deepcopy(model).double().eval()
-    if args.offset:
-        best = reference(args.model, model, x, y, args.norm, args.offset, args.ref_steps)
-    else:
-        raw = pd.read_csv(args.raw)
-        peers = raw[(raw.model == args.model) & (raw.norm == args.norm) & ~raw.method.str.startswith("marginkit")]
-        best = peers.groupby("sample").value.min().reindex(range(x.shape[0])).to_numpy()
+    best = best_peer(args.model, model, x, y, args.norm, args.offset, args.raw, args.ref_steps)
     extra = {k: _value(v) for k, v in (kv.split("=", 1) for kv in args.set)}
     names = args.lrs.split(",")
     vals = []

@@ -80,6 +80,16 @@ def reference(name: str, model, x, y, norm: str, offset: int, steps: int = 1332,
     return best
 
 
+def best_peer(name: str, model, x, y, norm: str, offset: int, raw_csv: str, steps: int = 1332) -> np.ndarray:
+    """Per-sample best peer norm: from the stored full run on the benchmark's points (``offset`` 0), else the
+    cached long peer runs of :func:`reference`."""
+    if offset:
+        return reference(name, model, x, y, norm, offset, steps)
+    raw = pd.read_csv(raw_csv)
+    peers = raw[(raw.model == name) & (raw.norm == norm) & ~raw.method.str.startswith("marginkit")]
+    return peers.groupby("sample").value.min().reindex(range(x.shape[0])).to_numpy()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="cnn")
@@ -113,7 +123,6 @@ def main() -> None:
 
     allm, x, y = _points(args.offset + args.points)
     x, y = x[args.offset:], y[args.offset:]
-    raw = None if args.offset else pd.read_csv(args.raw)
     for name in args.models.split(","):
         model = allm[name]
         t0 = time.perf_counter()
@@ -134,11 +143,7 @@ def main() -> None:
             res = input_margin(model, x, norm=args.norm, return_adv=True, **kw)
         dt = time.perf_counter() - t0
         val = ac.judge(copy.deepcopy(model).double().eval(), x, y, res.adversarial, args.norm)
-        if raw is None:
-            best = reference(name, model, x, y, args.norm, args.offset)
-        else:
-            peers = raw[(raw.model == name) & (raw.norm == args.norm) & ~raw.method.str.startswith("marginkit")]
-            best = peers.groupby("sample").value.min().reindex(range(len(val))).to_numpy()
+        best = best_peer(name, model, x, y, args.norm, args.offset, args.raw)
         r = val / best
         if args.save:
             np.save(args.save, val)

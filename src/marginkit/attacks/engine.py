@@ -76,9 +76,10 @@ _FAB_PRUNE = 1.1
 # class but short of its best point: on three tail samples of the demo CNN (the benchmark's points) one
 # 1000-step run reached 12.82 / 6.25 / 6.61 where the sixteen 150-step runs stopped at 13.50 / 6.62 / 6.90
 # (the best peer, adv-lib's ALMA of 1000-2880 steps: 12.90 / 6.44 / 6.77). Hence in l1 one more run of
-# 1000 steps (``alma_long``) where the further runs go: the CNN's p95 ratio to the best peer 1.0197 -> 1.0063
-# on the benchmark's points, 1.0002 on the selection set before and after, +35% passes on the CNN, +17% on
-# the MLP (bench/attacks_probe.py --models cnn --norm l1 [--offset 100] [--set alma_long=0]).
+# 1000 steps (``alma_long``) where the further runs go: the CNN's p95 ratio to the best peer 1.0195 -> 1.0092
+# on the benchmark's points (against the last full run's peers), 1.0002 on the selection set before and
+# after, +35% passes on the CNN, +17% on the MLP (bench/attacks_probe.py --models cnn --norm l1 [--offset 100]
+# [--set alma_long=0]).
 _ALMA_STEP_SIZES = {Norm.L2: (None,), Norm.L1: (None, 0.1)}
 _ALMA_STEPS = {Norm.L2: 300, Norm.L1: 150}
 _ALMA_MORE = {Norm.L2: (0.1, 0.2, 1.0), Norm.L1: (0.03, 0.05, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 5.0, 7.0, 10.0, 20.0)}
