@@ -438,7 +438,7 @@ def test_affine_shortcut_is_exact_verified_and_counts_its_passes(norm):
     with torch.no_grad():
         assert (model(adv).argmax(1) != model(x[finite]).argmax(1)).all()
     assert torch.allclose(batch_norm((adv - x[finite]).double(), norm), res.upper[finite], rtol=1e-5)
-    # 1 clean forward + ceil((12 + 9) / 30) for recovering (A, c) + at least one verification rung, no backward
+    # 1 clean forward + ceil((12 + 12) / 30) for recovering (A, c) + at least one verification rung, no backward
     assert (res.backwards == 0).all() and (res.forwards >= 3).all() and (res.forwards <= 7).all()
     assert res.columns()["input_margin_lower"].shape == (30,)
 

@@ -111,6 +111,54 @@ def test_affine_parameters_recovers_the_map_and_rejects_relu_nets():
         affine_parameters(relu, (10,))
 
 
+class _Rows(nn.Module):
+    """Wraps a model and counts the rows it is called on (on the class: the float64 copies count too)."""
+
+    rows = 0
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        type(self).rows = 0
+
+    def forward(self, x):
+        type(self).rows += x.shape[0]
+        return self.inner(x)
+
+
+def test_affine_parameters_in_chunks_equals_one_call(monkeypatch):
+    import marginkit.margins.affine as aff
+
+    model, _ = _case(4, d=10)
+    whole = affine_parameters(model, (10,))
+    monkeypatch.setattr(aff, "_BASIS_BYTES", 8 * 10 * 3)  # three basis rows per forward call
+    counted = _Rows(model)
+    a, c = affine_parameters(counted, (10,))
+    torch.testing.assert_close(a, whole[0], rtol=0, atol=1e-12)
+    torch.testing.assert_close(c, whole[1], rtol=0, atol=1e-12)
+    assert _Rows.rows == 3 + 1 + 10 + 8  # chord check, f(0), the basis, the final check
+
+
+class _FoldedAbs(nn.Module):
+    """Non-affine through a functional call only (no non-linear module to spot): |x - 1/2| summed."""
+
+    def forward(self, x):
+        h = x.flatten(1)
+        return torch.stack([(h - 0.5).abs().sum(1), h.sum(1)], 1)
+
+
+def test_a_network_with_a_large_input_is_rejected_from_three_rows():
+    """The chord check rejects a non-affine model before the n + 1 basis passes (and before any n x n
+    identity: a 3 x 224 x 224 input would need 180 GB)."""
+    from marginkit.margins import is_affine
+
+    counted = _Rows(_FoldedAbs())
+    with pytest.raises(ValueError, match="not affine"):
+        affine_parameters(counted, (3, 224, 224))
+    assert _Rows.rows == 3
+    assert not is_affine(counted, (3, 224, 224))
+
+
 def test_float32_model_works_and_is_computed_in_float64():
     model = build_model(ModelSpec("linear", (1, 4, 4), 3), seed=1)
     x = torch.rand(5, 1, 4, 4, generator=torch.Generator().manual_seed(0))

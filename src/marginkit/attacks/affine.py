@@ -25,9 +25,12 @@ LADDER = (1.1, 1.5, 3.0, 10.0, 100.0)
 
 
 def affine_cost(n_features: int, n_samples: int) -> int:
-    """Forward passes per sample charged for recovering (A, c): the n + 1 basis rows and 8 probe rows of
-    :func:`marginkit.margins.affine_parameters`, spread evenly (rounded up) over the samples of the call."""
-    return math.ceil((n_features + 9) / max(1, n_samples))
+    """Forward passes per sample charged for recovering (A, c): the rows of
+    :func:`marginkit.margins.affine_parameters` (n + 12, :func:`marginkit.margins.affine.recovery_rows`),
+    spread evenly (rounded up) over the samples of the call."""
+    from ..margins.affine import recovery_rows
+
+    return math.ceil(recovery_rows(n_features) / max(1, n_samples))
 
 
 def affine_rows(oracle: Oracle, best: Best, samples: torch.Tensor, a: torch.Tensor, c: torch.Tensor,

@@ -105,7 +105,8 @@ _CPU_ACTIVATION_BYTES = 24 * 2**20
 # to the logit scale: a quarter of the flip test's margin of safety (the demo CNN: 3.4e-7 on 500 random
 # inputs, bench/rows_per_call.py --layouts contiguous,channels_last).
 _LAYOUT_RTOL = 5e-7
-# affine_parameters builds a (D + 1, D) float64 identity; above this many features the shortcut is skipped.
+# Recovering (A, c) costs D + 1 float64 forward passes (:func:`marginkit.margins.affine_parameters`); above
+# this many features the shortcut is skipped and the iterative schedule runs.
 _AFFINE_MAX_FEATURES = 8192
 
 
@@ -232,7 +233,7 @@ def input_margin(
     docstring), ``"fab"`` (targeted projection + refinement) or ``"ball"`` (adaptive ball + refinement).
     ``exact_affine``: with ``method="auto"`` and no ``target``, an affine model (:func:`marginkit.margins.is_affine`)
     gets its exact box-constrained margin (``lower``) and a verified point just past it (stage
-    ``"affine-exact"``) instead of the iterative schedule; the n + 9 forward passes that recover (A, c) are
+    ``"affine-exact"``) instead of the iterative schedule; the n + 12 forward passes that recover (A, c) are
     charged to the samples evenly (see :mod:`marginkit.attacks.affine`).
     ``batch_size``: samples per batch (default: per-batch buffers near 256 MiB); ``max_rows``: rows per
     model call within a batch (default: on CPU as many as keep one forward's activations within 24 MiB,
@@ -322,14 +323,12 @@ def input_margin(
     affine_map = None
     affine_charge = 0
     if method == "auto" and exact_affine and target is None and flat.shape[1] <= _AFFINE_MAX_FEATURES:
-        from ..margins.affine import affine_parameters
-        from ..margins.table import is_affine
+        from ..margins.table import affine_map_or_none
 
         affine_charge = affine_cost(flat.shape[1], n)
         if budget is None or affine_charge + 1 + len(LADDER) <= budget:
             try:
-                if is_affine(model, shape):
-                    affine_map = affine_parameters(model, shape)
+                affine_map = affine_map_or_none(model, shape)
             except Exception:  # noqa: BLE001 - an optional shortcut: a model the probe cannot copy or run in float64 gets the iterative schedule
                 affine_map = None
     settings["affine_shortcut"] = affine_map is not None

@@ -47,30 +47,61 @@ class AffineMargin:
     delta: torch.Tensor | None = None
 
 
+# Float64 rows of the identity built per forward call when recovering A (the basis is never built whole:
+# a 3 x 224 x 224 input would need a 180 GB identity).
+_BASIS_BYTES = 64 * 2**20
+# Rows of the affinity checks of affine_parameters: a chord's two ends and midpoint, then random probes.
+_CHORD_ROWS, _PROBE_ROWS = 3, 8
+
+
+def recovery_rows(n_features: int) -> int:
+    """Forward rows :func:`affine_parameters` runs with ``check``: the checks, f(0) and the n basis vectors."""
+    return _CHORD_ROWS + 1 + n_features + _PROBE_ROWS
+
+
 @torch.no_grad()
 def affine_parameters(model: nn.Module, input_shape: tuple[int, ...], check: bool = True, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Recover (A, c) of an affine model from n + 1 forward passes: c = f(0), A e_k = f(e_k) - f(0).
 
-    Float64 copies are used so the recovered map is accurate. With ``check`` the map is verified on
-    random points and a ``ValueError`` says when the model is not affine (ReLUs, pooling, ...).
+    Float64 copies are used so the recovered map is accurate; the basis vectors go through the model in
+    chunks of ``_BASIS_BYTES``. With ``check`` a ``ValueError`` says when the model is not affine (ReLUs,
+    pooling, ...): first from three forward rows (f at a random chord's midpoint against the mean of its
+    ends), so a network is rejected without paying the n + 1 passes, then by verifying the recovered map
+    on random points.
     """
     device = model_device(model)
     n = int(np.prod(input_shape))
     m64 = _float64_copy(model)
-    basis = torch.cat([torch.zeros(1, n, dtype=torch.float64, device=device), torch.eye(n, dtype=torch.float64, device=device)])
-    outs = torch.cat([m64(chunk.reshape(-1, *input_shape)) for chunk in basis.split(2048)])
-    check_logits(outs, n + 1)
-    c = outs[0]
-    a = (outs[1:] - c).T.contiguous()  # (C, n)
+    run = lambda rows: m64(rows.reshape(-1, *input_shape))  # noqa: E731
+    g = torch.Generator(device="cpu").manual_seed(seed)
     if check:
-        g = torch.Generator(device="cpu").manual_seed(seed)
-        probe = torch.rand(8, n, generator=g, dtype=torch.float64).to(device)
-        expect = probe @ a.T + c
-        got = m64(probe.reshape(-1, *input_shape))
-        scale = got.abs().max().clamp_min(1.0)
-        if not torch.allclose(got, expect, atol=1e-8 * float(scale) * n, rtol=1e-8):
-            raise ValueError("the model is not affine (f(x) != A x + c on random inputs); exact margins need an affine model")
+        u, v = torch.rand(2, n, generator=g, dtype=torch.float64).to(device)
+        ends = run(torch.stack([u, v, 0.5 * (u + v)]))
+        check_logits(ends, _CHORD_ROWS)
+        _require_affine(ends[2:], 0.5 * (ends[:1] + ends[1:2]), n)
+    c = run(torch.zeros(1, n, dtype=torch.float64, device=device))
+    check_logits(c, 1)
+    c = c[0]
+    step = max(1, min(n, _BASIS_BYTES // (8 * n)))
+    cols = []
+    for k in range(0, n, step):
+        basis = torch.zeros(min(step, n - k), n, dtype=torch.float64, device=device)
+        basis.diagonal(k).fill_(1.0)
+        out = run(basis)
+        check_logits(out, basis.shape[0])
+        cols.append(out - c)
+    a = torch.cat(cols).T.contiguous()  # (C, n)
+    if check:
+        probe = torch.rand(_PROBE_ROWS, n, generator=g, dtype=torch.float64).to(device)
+        _require_affine(run(probe), probe @ a.T + c, n)
     return a, c
+
+
+def _require_affine(got: torch.Tensor, expect: torch.Tensor, n: int) -> None:
+    """Raise unless the model's outputs ``got`` equal what an affine map predicts, to float64 accuracy."""
+    scale = got.abs().max().clamp_min(1.0)
+    if not torch.allclose(got, expect, atol=1e-8 * float(scale) * n, rtol=1e-8):
+        raise ValueError("the model is not affine (f(x) != A x + c on random inputs); exact margins need an affine model")
 
 
 def _float64_copy(model: nn.Module) -> nn.Module:

@@ -21,7 +21,7 @@ from ..results.table import ResultsStore, empty_columns
 from .affine import affine_input_margin, affine_parameters
 from .output import output_margins
 
-__all__ = ["INPUT_MARGIN_MODES", "is_affine", "margin_table"]
+__all__ = ["INPUT_MARGIN_MODES", "affine_map_or_none", "is_affine", "margin_table"]
 
 INPUT_MARGIN_MODES = ("auto", "exact", "attack", "none")
 _AFFINE_LAYERS = (nn.Linear, nn.Flatten, nn.Identity, nn.Dropout)
@@ -31,13 +31,18 @@ def is_affine(model: nn.Module, input_shape: tuple[int, ...]) -> bool:
     """Whether ``model`` computes an affine map of its input (checked numerically when not obvious)."""
     if isinstance(model, nn.Sequential) and all(isinstance(m, _AFFINE_LAYERS) for m in model):
         return True
+    return affine_map_or_none(model, input_shape) is not None
+
+
+def affine_map_or_none(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(A, c) of ``model`` when it is affine (:func:`affine_parameters`, checked), else None; models with a
+    known non-linear layer are rejected without a forward pass."""
     if any(isinstance(m, (nn.ReLU, nn.MaxPool2d, nn.Sigmoid, nn.Tanh, nn.GELU, nn.Softmax)) for m in model.modules()):
-        return False
+        return None
     try:
-        affine_parameters(model, input_shape)
+        return affine_parameters(model, input_shape)
     except ValueError:
-        return False
-    return True
+        return None
 
 
 def _attack_engine() -> Callable[..., Any] | None:
@@ -81,14 +86,14 @@ def margin_table(
         raise ValueError(f"indices has {idx_all.shape[0]} entries for {inputs.shape[0]} inputs")
 
     mode = input_margin
+    affine_map = None
     if mode in ("auto", "exact"):
-        affine = is_affine(model, tuple(inputs.shape[1:]))
-        if mode == "exact" and not affine:
+        affine_map = affine_map_or_none(model, tuple(inputs.shape[1:]))
+        if mode == "exact" and affine_map is None:
             raise ValueError("input_margin='exact' needs an affine model; use 'attack' for networks")
-        mode = "exact" if affine else ("attack" if _attack_engine() is not None else "none")
+        mode = "exact" if affine_map is not None else ("attack" if _attack_engine() is not None else "none")
     if mode == "attack" and _attack_engine() is None:
         raise ValueError("input_margin='attack' needs the minimal-norm attack engine (marginkit.attacks.input_margin)")
-    affine_map = affine_parameters(model, tuple(inputs.shape[1:])) if mode == "exact" else None
 
     todo = np.arange(inputs.shape[0]) if store is None else np.flatnonzero(np.isin(idx_all, store.pending(idx_all)))
     frames: list[pd.DataFrame] = []
