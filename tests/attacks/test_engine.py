@@ -367,6 +367,7 @@ def test_further_alma_runs_only_where_the_first_round_left_the_methods_basins(mo
     (first, lrs1), (second, lrs2) = calls[1:]
     l1 = input_margin(model, x[:2], norm="l1").settings  # the l1 defaults: more, shorter runs, a long one, a longer ball walk
     assert len(l1["alma_more"]) == 14 and l1["alm_steps"] == 150 and l1["alma_long"] == 1000 and l1["ball_steps"] == 300
+    assert l1["runner_up"] is True and more.settings["runner_up"] is False
     assert more.settings["alm_steps"] == 300 and more.settings["alma_long"] == 0 and more.settings["ball_steps"] == 50
     assert lrs1 == (None,) and lrs2 == (0.1, 0.2, 1.0)
     assert 0 < second.numel() < first.numel() and set(second.tolist()) <= set(first.tolist())
@@ -410,6 +411,57 @@ def test_long_alma_run_goes_where_the_further_runs_go(monkeypatch):
     assert (long.upper <= base.upper * (1 + 1e-6)).all()
     with pytest.raises(ValueError, match="alma_long"):
         input_margin(model, x, norm="l1", alma_long=-1)
+
+
+def test_runner_up_picks_the_smallest_end_point_of_another_basin():
+    from marginkit.attacks._oracle import Best
+    from marginkit.attacks.engine import _runner_up
+
+    x0 = torch.zeros(4, 3)
+    best = Best(x0, torch.zeros(4, dtype=torch.long), "l2")
+    best.value = torch.tensor([1.0, 1.0, 2.0, float("inf")], dtype=torch.float64)
+    ends = [best.fresh(), best.fresh()]
+    for k, vals in enumerate(([1.0, 1.0005, 3.0, float("inf")], [1.5, 1.2, 2.5, float("inf")])):
+        ends[k].value = torch.tensor(vals, dtype=torch.float64)
+        ends[k].x = torch.full((4, 3), float(k + 1))
+        ends[k].cls = torch.full((4,), k + 1)
+    alt = _runner_up(best, ends, 1e-3)
+    # sample 0: 1.0 is the best itself, 1.5 the runner-up; 1: 1.0005 is the same basin (within 1e-3), 1.2 next;
+    # 2: 2.5 (end 1) beats 3.0 (end 0); 3: nothing found anywhere
+    assert alt.value.tolist()[:3] == [1.5, 1.2, 2.5] and alt.value[3] == float("inf")
+    assert alt.x[:3, 0].tolist() == [2.0, 2.0, 2.0] and alt.cls[:3].tolist() == [2, 2, 2] and alt.cls[3] == -1
+
+
+def test_extra_rounds_from_the_runner_up_only_add_candidates(monkeypatch):
+    """``runner_up``: the extra rounds run a second time from the runner-up end point, after the first chain,
+    so every sample ends at most where it ended without them, and samples without a runner-up (or whose two
+    methods agreed) spend exactly the same passes."""
+    import marginkit.attacks.engine as engine
+
+    starts = []
+    real = engine._extra_rounds
+
+    def spy(oracle, best, redo, *args, **kwargs):
+        starts.append((redo.clone(), best.value[redo].clone()))
+        return real(oracle, best, redo, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "_extra_rounds", spy)
+    model, x = _mlp(seed=2), _inputs(24, seed=3)
+    off = input_margin(model, x, norm="linf", runner_up=False)
+    assert len(starts) == 1 and off.settings["runner_up"] is False
+    starts.clear()
+    on = input_margin(model, x, norm="linf", runner_up=True)
+    assert on.settings["runner_up"] is True and len(starts) == 2
+    (redo, best_start), (second, alt_start) = starts
+    assert 0 < second.numel() <= redo.numel() and set(second.tolist()) <= set(redo.tolist())
+    pos = {s: i for i, s in enumerate(redo.tolist())}
+    firsts = best_start[[pos[s] for s in second.tolist()]]
+    assert (alt_start > firsts * (1 + 1e-3)).all()  # each starts in another basin than the sample's best
+    assert (on.upper <= off.upper).all()
+    untouched = torch.ones(24, dtype=torch.bool)
+    untouched[second] = False
+    assert torch.equal(on.passes[untouched], off.passes[untouched]) and torch.equal(on.upper[untouched], off.upper[untouched])
+    assert (on.passes[second] > off.passes[second]).all()
 
 
 def test_time_limit_leaves_unattacked_samples_failed_with_nan_points():
