@@ -26,7 +26,9 @@ work spent and a status. The default ``method="auto"`` schedule:
    and refinement, while a round still improves by more than ``agree_rtol`` (``extra_rounds``, default 2;
    0 in l2 with ALMA, where two rounds left the demo-CNN results identical for +58 passes per sample:
    ``bench/attacks_probe.py --models cnn --set extra_rounds=2``; in l1 they bring the demo CNN's p95
-   ratio to the best peer from 1.086 to 1.066 for +94 passes per sample).
+   ratio to the best peer from 1.086 to 1.066 for +94 passes per sample); in l1 the same rounds then run
+   once more from the runner-up end point, the smallest of the methods' own end points in another basin
+   (``runner_up``, ``_RUNNER_UP``).
 
 The result is the per-sample minimum over everything queried. A sample that no method flips gets an
 upper bound of ``inf`` and status ``"failed"`` (never 0, never the clean input). Every reported point is
@@ -77,7 +79,7 @@ _FAB_PRUNE = 1.1
 # 1000-step run reached 12.82 / 6.25 / 6.61 where the sixteen 150-step runs stopped at 13.50 / 6.62 / 6.90
 # (the best peer, adv-lib's ALMA of 1000-2880 steps: 12.90 / 6.44 / 6.77). Hence in l1 one more run of
 # 1000 steps (``alma_long``) where the further runs go: the CNN's p95 ratio to the best peer 1.0195 -> 1.0092
-# on the benchmark's points (against the last full run's peers), 1.0002 on the selection set before and
+# on the benchmark's points (against the peers of the full run of 629bdc0), 1.0002 on the selection set before and
 # after, +35% passes on the CNN, +17% on the MLP (bench/attacks_probe.py --models cnn --norm l1 [--offset 100]
 # [--set alma_long=0]).
 _ALMA_STEP_SIZES = {Norm.L2: (None,), Norm.L1: (None, 0.1)}
