@@ -102,7 +102,7 @@ _ALMA_GATED = {Norm.L2: True, Norm.L1: False}
 # l1 a better ALMA end point in another basin can end the rounds worse than the runner-up would: on the
 # demo CNN 7 of the benchmark's 100 points end 1-4% smaller with it, none larger, median norm 4.728 ->
 # 4.683, +1.2% passes; in linf it changed no point of the three demo networks for 4-12% more passes
-# (bench/attacks_probe.py --models cnn --norm l1 --set runner_up=0|1).
+# (bench/attacks_probe.py --models cnn,mlp,mlp-at --norm l1|linf --set runner_up=0|1).
 _RUNNER_UP = {Norm.L1: True}
 # Activations of one forward per model call on CPU: on the demo CNN (173 KB of activations per row) a
 # forward + backward costs about 0.23 ms per row up to 160 rows and 0.27-0.33 ms from 192 rows on (cache;
