@@ -62,14 +62,14 @@ def test_matches_exact_margin_of_affine_model(norm):
     assert (ratio >= 1 - 1e-6).all(), ratio.min()
     assert (ratio <= 1.001).all(), ratio.max()
     assert (res.target[finite] == exact.target[finite]).all()
-    assert all(s == "found" for s, f in zip(res.status, finite.tolist()) if f)
+    assert all(s == "upper-only" for s, f in zip(res.status, finite.tolist()) if f)
 
 
 @pytest.mark.parametrize("norm", ["l2", "linf"])
 def test_reported_points_flip_in_box_and_match_norm(norm):
     model, x = _mlp(), _inputs()
     res = input_margin(model, x, norm=norm, return_adv=True)
-    found = torch.tensor([s == "found" for s in res.status])
+    found = torch.tensor([s == "upper-only" for s in res.status])
     assert found.all()
     adv = res.adversarial
     assert adv.shape == x.shape
@@ -107,14 +107,14 @@ def test_budget_too_small_fails_honestly_and_is_respected():
     res = input_margin(model, x, norm="l2", budget=60)
     assert (res.passes <= 60).all()
     assert res.stopped == "budget"
-    assert all(s in ("found", "failed") for s in res.status)
+    assert all(s in ("upper-only", "failed") for s in res.status)
 
 
 def test_time_budget_returns_partial_results():
     model, x = _mlp(), _inputs(8)
     res = input_margin(model, x, norm="l2", max_seconds=0.0)
     assert res.stopped == "max_seconds"
-    assert all(s in ("found", "failed") for s in res.status)
+    assert all(s in ("upper-only", "failed") for s in res.status)
     assert all(math.isinf(u) for u, s in zip(res.upper.tolist(), res.status) if s == "failed")
 
 
@@ -165,7 +165,7 @@ def test_true_labels_and_misclassified_samples():
     res = input_margin(model, x, labels, norm="l2")
     assert res.status[:3] == ["misclassified"] * 3
     assert (res.upper[:3] == 0).all()
-    assert all(s == "found" for s in res.status[3:])
+    assert all(s == "upper-only" for s in res.status[3:])
     assert torch.equal(res.labels, labels)
 
 
@@ -176,7 +176,7 @@ def test_targeted_margin_reaches_the_target():
     target = (pred + 2) % 4
     res = input_margin(model, x, norm="l2", target=target, return_adv=True)
     untargeted = affine_input_margin(model, x, norm="l2").margin  # exact: a lower bound for any target
-    found = torch.tensor([s == "found" for s in res.status])
+    found = torch.tensor([s == "upper-only" for s in res.status])
     assert found.any()
     with torch.no_grad():
         assert (model(res.adversarial[found]).argmax(1) == target[found]).all()
@@ -189,7 +189,7 @@ def test_single_methods_are_upper_bounds(method):
     model, x = _linear(), _inputs(12)
     exact = affine_input_margin(model, x, norm="l2").margin
     res = input_margin(model, x, norm="l2", method=method)
-    ok = torch.tensor([s == "found" for s in res.status])
+    ok = torch.tensor([s == "upper-only" for s in res.status])
     assert ok.sum() >= 10
     assert (res.upper[ok] >= exact[ok] * (1 - 1e-6)).all()
 
@@ -275,8 +275,8 @@ def test_margin_table_uses_engine_with_budget_and_new_columns():
         y = model(x).argmax(1)
     df = margin_table(model, x, y, "linf", input_margin="attack", attack_options={"budget": 200})
     assert (df["passes"] <= 200).all() and (df["passes"] > 0).all()
-    assert set(df["status"]) <= {"found", "failed"}
-    found = df["status"] == "found"
+    assert set(df["status"]) <= {"upper-only", "failed"}
+    found = df["status"] == "upper-only"
     assert (df.loc[found, "adversarial_class"] != df.loc[found, "prediction"]).all()
     assert df["method"].str.startswith("marginkit-auto").all()
 
@@ -643,7 +643,7 @@ def test_channels_last_search_copy_verifies_every_point_and_changes_nothing_else
     fast = input_margin(model, x, norm=norm, return_adv=True)
     plain = input_margin(model, x, norm=norm, channels_last=False, return_adv=True)
     assert fast.settings["channels_last"] and not plain.settings["channels_last"]  # auto: on for conv nets on CPU
-    assert all(s == "found" for s in fast.status)
+    assert all(s == "upper-only" for s in fast.status)
     with torch.no_grad():  # every reported point flips the model itself, not only its channels-last copy
         assert (model(fast.adversarial).argmax(1) != fast.labels).all()
     # the same search up to float rounding (which can send a walk elsewhere on a sample, not on average)

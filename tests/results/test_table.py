@@ -16,7 +16,7 @@ def _rows(indices):
     r["logit_margin"] = np.asarray(indices, dtype=float) / 10
     r["norm"][:] = "l2"
     r["method"][:] = "test"
-    r["status"][:] = "found"
+    r["status"][:] = "upper-only"
     return r
 
 

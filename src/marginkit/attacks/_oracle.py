@@ -20,36 +20,7 @@ import torch
 from torch import nn
 
 from ..checks import MarginkitWarning
-
-# Relative margin of safety of the flip test: gap > SAFETY * max(1, max_j |z_j|). The attacks accept a
-# point only with twice that margin (SEARCH_FACTOR), so the final re-check in a different batch layout,
-# which may move logits by a few float32 ulps, cannot reject a point the search accepted.
-SAFETY = 2e-6
-SEARCH_FACTOR = 2.0
-
-
-def flip_gap(logits: torch.Tensor, ref: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-row gap that is > 0 exactly when the decision flipped.
-
-    Untargeted (``target`` None or -1 in a row): max_{j != ref} z_j - z_ref. Targeted: z_t - max_{j != t} z_j.
-    """
-    z_ref = logits.gather(1, ref[:, None]).squeeze(1)
-    others = logits.scatter(1, ref[:, None], float("-inf"))
-    gap = others.amax(1) - z_ref
-    if target is not None:
-        tgt = target.clamp_min(0)
-        z_t = logits.gather(1, tgt[:, None]).squeeze(1)
-        not_t = logits.scatter(1, tgt[:, None], float("-inf")).amax(1)
-        gap = torch.where(target >= 0, z_t - not_t, gap)
-    return gap
-
-
-def is_flipped(logits: torch.Tensor, ref: torch.Tensor, target: torch.Tensor | None = None, factor: float = 1.0) -> torch.Tensor:
-    """Flip test with ``factor`` times the margin of safety; non-finite logits never count as a flip."""
-    gap = flip_gap(logits, ref, target)
-    scale = logits.abs().amax(1).clamp_min(1.0)
-    finite = torch.isfinite(logits).all(1)
-    return finite & (gap > factor * SAFETY * scale)
+from ..margins.gap import SAFETY, SEARCH_FACTOR, flip_gap, is_flipped  # noqa: F401 - re-exported to the attacks
 
 
 class Oracle:

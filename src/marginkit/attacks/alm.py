@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from ..norms import Norm, as_norm, batch_norm
-from ._oracle import SAFETY, SEARCH_FACTOR, Best, Oracle, live_rows
+from ._oracle import SAFETY, SEARCH_FACTOR, Best, Oracle, flip_gap, live_rows
 
 
 def normalised_gap(z: torch.Tensor, ref: torch.Tensor, tol: float) -> torch.Tensor:
@@ -25,8 +25,7 @@ def normalised_gap(z: torch.Tensor, ref: torch.Tensor, tol: float) -> torch.Tens
     max_{j != ref} z_j - z_ref less a tolerance ``tol`` times the logit scale, divided by z_(1) - z_(3)
     (the difference-of-logits ratio of Croce & Hein 2020, as used by Rony et al. 2021), so the
     constraint has the same scale for every sample and every model."""
-    z_ref = z.gather(1, ref[:, None]).squeeze(1)
-    gap = z.scatter(1, ref[:, None], float("-inf")).amax(1) - z_ref
+    gap = flip_gap(z, ref)
     top = z.topk(min(3, z.shape[1]), dim=1).values
     spread = top[:, 0] - top[:, -1]
     slack = tol * z.detach().abs().amax(1).clamp_min(1.0)

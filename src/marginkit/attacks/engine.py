@@ -49,6 +49,7 @@ from torch import nn
 
 from ..checks import MarginkitWarning, check_inputs, check_labels, check_logits, check_model_mode, looks_like_probabilities, model_device
 from ..norms import Norm, as_norm
+from ..results.status import FAILED, MISCLASSIFIED, UPPER_ONLY
 from ._oracle import Best, Oracle, is_flipped
 from .affine import LADDER, affine_cost, affine_rows
 from .alm import alma_rows, initial_step
@@ -126,7 +127,7 @@ class InputMarginResult:
     for samples already misclassified w.r.t. given labels. ``target``: (N,) class the adversarial is
     classified as (-1 when failed). ``passes``: (N,) forward + backward passes the attacks spent per
     sample (the shape probe and the final re-check forward pass are not counted).
-    ``status``: "found" | "failed" | "misclassified". ``seconds``: (N,) wall time per sample (its
+    ``status``: "upper-only" | "failed" | "misclassified" (:mod:`marginkit.results.status`). ``seconds``: (N,) wall time per sample (its
     batch's time divided evenly). ``stage``: the step of the schedule that produced each best point
     (``"fab"``, ``"ball"``, ``"line-search"``, ``"projection"``, ``"lagrangian"``; ``"affine-exact"`` for
     the exact shortcut on affine models; ``"clean"`` for misclassified samples). ``lower``: (N,) float64
@@ -152,7 +153,7 @@ class InputMarginResult:
 
     @property
     def success_rate(self) -> float:
-        return float(np.mean([s != "failed" for s in self.status])) if self.status else float("nan")
+        return float(np.mean([s != FAILED for s in self.status])) if self.status else float("nan")
 
     @property
     def method(self) -> str:
@@ -350,7 +351,7 @@ def input_margin(
     bwd = torch.zeros(n, dtype=torch.long)
     secs = torch.zeros(n, dtype=torch.float64)
     refs = torch.zeros(n, dtype=torch.long)
-    status: list[str] = ["failed"] * n
+    status: list[str] = [FAILED] * n
     meth: list[str] = [""] * n
     adv = torch.full(flat.shape, float("nan"), dtype=flat.dtype) if return_adv else None  # unattacked rows stay NaN
     stopped = None
@@ -426,7 +427,7 @@ def input_margin(
         fnd = found.cpu().tolist()
         prv = proven.cpu().tolist()
         for i in range(m):  # bookkeeping strings only, not a hot path
-            status[s + i] = "misclassified" if mis_l[i] else ("found" if fnd[i] else "failed")
+            status[s + i] = MISCLASSIFIED if mis_l[i] else (UPPER_ONLY if fnd[i] else FAILED)
             meth[s + i] = "clean" if mis_l[i] else (_CODES.get(codes[i], "") if fnd[i] else ("affine-exact" if prv[i] else ""))
         if adv is not None:
             # failed samples get NaN rows, never the clean input; misclassified ones are their own adversarial

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checks import check_box, check_inputs, check_labels, check_logits, check_model_mode, model_device
-from ..margins.output import pairwise_gaps
+from ..margins.gap import smallest_gap
 from ..norms import Norm, as_norm, project_ball, steepest_direction
 
 __all__ = ["pgd", "random_ball"]
@@ -117,7 +117,7 @@ def pgd(
     def objective(logits: torch.Tensor) -> torch.Tensor:
         if loss == "ce":
             return F.cross_entropy(logits, y, reduction="none")
-        return -pairwise_gaps(logits, y).min(1).values  # max_{k != y} f_k - f_y
+        return -smallest_gap(logits, y)  # max_{k != y} f_k - f_y
 
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     if random_start:

@@ -16,6 +16,7 @@ from torch import nn
 from ..checks import check_inputs, check_labels, check_logits, check_model_mode, model_device
 from ..models.head import split_head
 from ..norms import Norm, as_norm, dual, vector_norm
+from .gap import pairwise_gaps, reference_class, smallest_gap
 
 __all__ = [
     "OutputMargins",
@@ -29,22 +30,6 @@ __all__ = [
 ]
 
 
-def _reference(logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-    if labels is None:
-        return logits.argmax(dim=1)
-    return check_labels(labels, logits.shape[0], logits.shape[1]).to(logits.device)
-
-
-def pairwise_gaps(logits: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-    """Gaps f^i - f^j for every class j (the reference class i itself gets +inf), shape (N, C).
-
-    The reference i is the prediction by default, or ``labels``.
-    """
-    ref = _reference(logits, labels)
-    gaps = logits.gather(1, ref[:, None]) - logits
-    return gaps.scatter(1, ref[:, None], float("inf"))
-
-
 def logit_margin(logits: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
     """Logit margin (eq. 4): reference logit minus the largest other logit, shape (N,).
 
@@ -52,7 +37,7 @@ def logit_margin(logits: torch.Tensor, labels: torch.Tensor | None = None) -> to
     top-2). With labels it is f^y - max_{j != y} f^j, negative on misclassified samples.
     """
     check_logits(logits)
-    return pairwise_gaps(logits, labels).min(dim=1).values
+    return smallest_gap(logits, labels)
 
 
 def hyperplane_distances(
@@ -69,7 +54,7 @@ def hyperplane_distances(
     check_logits(logits)
     if weight.dim() != 2 or weight.shape[0] != logits.shape[1]:
         raise ValueError(f"head weight must have shape ({logits.shape[1]}, feature_dim), got {tuple(weight.shape)}")
-    ref = _reference(logits, labels)
+    ref = reference_class(logits, labels)
     gaps = pairwise_gaps(logits, labels)
     w = weight.to(logits.dtype)
     dist = vector_norm(w[ref][:, None, :] - w[None, :, :], dual(norm), dim=-1)  # (N, C)

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..checks import check_inputs, check_labels, check_model_mode
 from ..norms import Norm, as_norm
+from ..results.status import EXACT, NOT_COMPUTED
 from ..results.table import ResultsStore, empty_columns
 from .affine import affine_input_margin, affine_parameters
 from .output import output_margins
@@ -121,14 +122,14 @@ def margin_table(
             rows["input_margin_upper"] = res.margin.cpu().numpy()
             rows["input_margin_lower"] = res.margin.cpu().numpy()
             rows["method"][:] = "affine-exact"
-            rows["status"][:] = np.where(np.isfinite(rows["input_margin_upper"]), "exact", "unreachable")
+            rows["status"][:] = EXACT
         elif mode == "attack":
             engine = _attack_engine()
             res = engine(model, xb, None, norm, bounds=bounds, **(attack_options or {}))
             rows.update(res.columns())  # upper bound, status, per-sample method, seconds, class reached, passes
         else:
             rows["method"][:] = "none"
-            rows["status"][:] = "not_computed"
+            rows["status"][:] = NOT_COMPUTED
         if mode != "attack":  # the engine times each sample itself
             rows["seconds"][:] = (time.perf_counter() - t0) / len(pos)
         frame = pd.DataFrame(rows)

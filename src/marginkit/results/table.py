@@ -41,7 +41,7 @@ COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "input_margin_lower": (pa.float64(), "certified lower bound on d_in; NaN if not computed"),
     "norm": (pa.string(), "l1, l2 or linf"),
     "method": (pa.string(), "how the input margin was obtained"),
-    "status": (pa.string(), "exact | found | failed | not_computed | ..."),
+    "status": (pa.string(), "one of marginkit.results.status.STATUSES: exact | bracketed | upper-only | lower-only | failed | misclassified | not_computed"),
     "seconds": (pa.float64(), "wall time spent on this sample's input margin"),
     "adversarial_class": (pa.int64(), "class the best verified adversarial is classified as; -1 if none"),
     "passes": (pa.int64(), "forward + backward passes spent on this sample's input margin; -1 if not computed"),
