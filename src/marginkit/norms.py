@@ -6,11 +6,13 @@ that "l2" means the same thing in the margins, the attacks, the consistency metr
 
 from __future__ import annotations
 
+import math
 from enum import Enum
+from typing import Sequence
 
 import torch
 
-__all__ = ["Norm", "as_norm", "dual", "batch_norm", "vector_norm", "steepest_direction", "project_ball"]
+__all__ = ["Norm", "as_norm", "dual", "batch_norm", "vector_norm", "steepest_direction", "project_ball", "parse_eps", "parse_radius"]
 
 
 class Norm(str, Enum):
@@ -115,3 +117,42 @@ def project_ball(delta: torch.Tensor, eps: torch.Tensor | float, norm: "Norm | s
         theta = ((css.gather(1, rho) - e) / (rho + 1).to(flat.dtype)).clamp_min(0)
         out = torch.where(inside, flat, flat.sign() * (a - theta).clamp_min(0))
     return out.reshape(delta.shape)
+
+
+def parse_eps(value: "str | float | int | Sequence[str | float | int]") -> list[float]:
+    """Radii from user input: a number, a fraction such as ``"8/255"``, or a comma-separated list of
+    those (``"2/255,4/255,0.1"``); a sequence of such items is accepted too. Every radius must be a
+    finite number >= 0; ValueError names the offending item otherwise. The one eps grammar of the
+    package: every command and library entry that takes eps text goes through here."""
+    if isinstance(value, (list, tuple)):
+        items: list[str | float | int] = list(value)
+    elif isinstance(value, str):
+        items = [p for p in (t.strip() for t in value.split(",")) if p]
+    else:
+        items = [value]
+    out = []
+    for item in items:
+        if isinstance(item, bool):
+            raise ValueError(f"eps must be a number, got {item!r}")
+        try:
+            if isinstance(item, str):
+                num, sep, den = item.partition("/")
+                eps = float(num) / float(den) if sep else float(num)
+            else:
+                eps = float(item)
+        except (TypeError, ValueError, ZeroDivisionError):
+            raise ValueError(f"eps: expected a number or a fraction such as 8/255, got {item!r}") from None
+        if not math.isfinite(eps) or eps < 0:
+            raise ValueError(f"eps must be finite and >= 0, got {item!r}")
+        out.append(eps)
+    if not out:
+        raise ValueError(f"eps: give at least one radius, got {value!r}")
+    return out
+
+
+def parse_radius(value: "str | float | int") -> float:
+    """Exactly one radius in the grammar of :func:`parse_eps` (``"8/255"``, ``0.5``)."""
+    vals = parse_eps(value)
+    if len(vals) != 1:
+        raise ValueError(f"eps: expected one radius, got {len(vals)} ({value!r})")
+    return vals[0]

@@ -268,7 +268,7 @@ def test_result_columns_fit_results_schema():
 
 
 def test_margin_table_uses_engine_with_budget_and_new_columns():
-    from marginkit.margins import margin_table
+    from marginkit.pipeline import margin_table
 
     model, x = _mlp(), _inputs(6)
     with torch.no_grad():

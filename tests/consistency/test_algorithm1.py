@@ -41,7 +41,7 @@ def test_threshold_at_tpr_is_the_smallest_threshold_reaching_alpha():
 def test_tuning_reproduces_the_subset_and_exact_with_full_tpr():
     s, d, correct = _set(2, n=500, noise=0.0)  # perfectly consistent score
     t = tune_threshold(s, d, 0.5, correct, alphas=(0.8, 0.9, 1.0))
-    assert t.alpha == 1.0 and t.subset_estimate == pytest.approx(robust_accuracy(correct, d, 0.5))
+    assert t.alpha == 1.0 and t.subset_estimate == pytest.approx(robust_accuracy(d, 0.5, correct))
     # the chosen alpha minimises the absolute error over the grid
     errs = [row["abs_error"] for row in t.table]
     assert min(errs) == pytest.approx(abs(t.subset_estimate - t.subset_value))
@@ -59,7 +59,7 @@ def test_algorithm1_estimate_converges_with_subset_size():
     eps = float(np.quantile(d, 0.3))
     small = algorithm1_repeats(s, d, eps, 50, correct, repeats=10, seed=0)
     large = algorithm1_repeats(s, d, eps, 1000, correct, repeats=10, seed=0)
-    assert small.full_value == pytest.approx(robust_accuracy(correct, d, eps))
+    assert small.full_value == pytest.approx(robust_accuracy(d, eps, correct))
     assert large.mean_abs_error < small.mean_abs_error
     assert large.mean_abs_error < 0.03  # a strongly consistent score recovers robust accuracy closely
     # an unrelated score cannot do that
@@ -111,7 +111,7 @@ def test_end_to_end_attacks_only_the_subset():
     res = estimate_robust_accuracy(model, x, y, "linf", eps, n=150, margin_fn=fn, seed=0)
     assert fn.sizes == [150] and res.n_subset == 150 and res.n_total == 600
     exact = affine_input_margin(model, x, None, "linf", bounds=(0.0, 1.0)).margin.numpy()
-    truth = robust_accuracy((pred == y).numpy(), exact, eps)
+    truth = robust_accuracy(exact, eps, (pred == y).numpy())
     assert abs(res.estimate - truth) < 0.08
     vul = estimate_vulnerability(model, x, "linf", eps, n=150, margin_fn=fn, seed=0)
     assert abs(vul.estimate - np.mean(exact <= eps)) < 0.08
@@ -144,6 +144,6 @@ def test_repeats_record_the_subset_only_baseline():
     vals = []
     for _ in range(6):
         idx = manual.choice(len(s), size=200, replace=False)
-        vals.append(robust_accuracy(correct[idx], d[idx], 0.5))
+        vals.append(robust_accuracy(d[idx], 0.5, correct[idx]))
     assert ev.subset_values == pytest.approx(vals)
     assert ev.subset_mean_abs_error == pytest.approx(np.mean(np.abs(np.array(vals) - ev.full_value)))

@@ -160,7 +160,7 @@ def test_failed_attacks_are_robust_and_rank_on_top():
     m = detection_metrics(s, d_inf, 1e6)
     assert m.n_positive == 90  # inf is never <= eps: robust, never margin 0
     correct = np.ones(100, bool)
-    assert robust_accuracy(correct, d_inf, 1e6) == pytest.approx(0.10)
+    assert robust_accuracy(d_inf, 1e6, correct) == pytest.approx(0.10)
 
 
 def test_bootstrap_ci_is_seeded_and_brackets_the_estimate():

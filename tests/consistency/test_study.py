@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from marginkit.consistency import PseudoMarginConfig, evaluate_consistency, model_consistency
-from marginkit.margins import margin_table
+from marginkit.pipeline import margin_table
 
 
 def _setup(n=80, d=16, c=4, seed=0):

@@ -334,7 +334,7 @@ def input_margin(
     affine_map = None
     affine_charge = 0
     if method == "auto" and exact_affine and target is None and flat.shape[1] <= _AFFINE_MAX_FEATURES:
-        from ..margins.table import affine_map_or_none
+        from ..margins.affine import affine_map_or_none
 
         affine_charge = affine_cost(flat.shape[1], n)
         if budget is None or affine_charge + 1 + len(LADDER) <= budget:

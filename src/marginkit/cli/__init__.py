@@ -1,4 +1,5 @@
-"""The ``marginkit`` command line: a thin layer over the library.
+"""The ``marginkit`` command line: a thin layer over the library (it parses, calls :mod:`marginkit.pipeline`
+and the other packages, and prints).
 
 Each topic lives in its own module under ``marginkit.cli`` that defines ``register(app)``; the
 modules named in ``COMMAND_MODULES`` are registered in that order. The library never imports this.
@@ -9,6 +10,8 @@ from __future__ import annotations
 import importlib
 
 import typer
+
+from ._common import state
 
 COMMAND_MODULES = ["data", "train", "margins", "run", "consistency", "bounds", "dynamics"]
 
@@ -25,7 +28,9 @@ app = typer.Typer(
 def _global_options(
     threads: int = typer.Option(None, "--threads", help="torch intra-op threads (default: torch's choice); "
                                 "1 is often fastest on a busy machine"),
+    debug: bool = typer.Option(False, "--debug", help="on an error, show the full traceback instead of one line"),
 ) -> None:
+    state.debug = debug
     if threads is not None:
         if threads < 1:
             raise typer.BadParameter("--threads must be at least 1")

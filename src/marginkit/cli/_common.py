@@ -1,4 +1,10 @@
-"""Small helpers shared by the CLI modules: option parsing and friendly errors."""
+"""Shared by the CLI modules: option parsing and the one error handler.
+
+Every library error on bad input (ValueError, TypeError, OSError such as FileNotFoundError,
+PermissionError or IsADirectoryError, KeyError, IndexError, RuntimeError such as a shape mismatch in
+torch) is printed as ONE line ``error: ...`` on stderr and the command exits with code 2, without a
+traceback. ``marginkit --debug COMMAND ...`` re-raises instead, with the full traceback.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +14,46 @@ from typing import Any, Callable, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+
+from marginkit.norms import parse_eps, parse_radius
 
 console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
+
+# Errors that mean "the input was bad": shown as one line, exit code 2.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, OSError, KeyError, IndexError, RuntimeError)
+EXIT_USER_ERROR = 2
+
+
+class _State:
+    debug = False
+
+
+state = _State()
+
+
+def error_line(exc: BaseException) -> str:
+    """The one-line message of ``exc`` (KeyError without its quotes; newlines folded)."""
+    msg = exc.args[0] if isinstance(exc, KeyError) and len(exc.args) == 1 else exc
+    text = " ".join(str(msg).split()) or type(exc).__name__
+    return f"error: {text}"
+
+
+def friendly_errors(fn: F) -> F:
+    """Run a command so that library errors on bad input end it with one line and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except USER_ERRORS as exc:
+            if state.debug:
+                raise
+            console.print(f"[bold red]{escape(error_line(exc))}[/]", soft_wrap=True, highlight=False)
+            raise typer.Exit(code=EXIT_USER_ERROR) from exc
+
+    return wrapper  # type: ignore[return-value]
 
 
 def parse_classes(text: str | None) -> tuple[str, ...] | None:
@@ -37,15 +80,27 @@ def parse_params(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
-def friendly_errors(fn: F) -> F:
-    """Turn library errors on bad input into a one-line message and exit code 2 instead of a traceback."""
+def eps_list(text: str, option: str) -> list[float]:
+    """Radii of an option in the one eps grammar (:func:`marginkit.norms.parse_eps`)."""
+    try:
+        return parse_eps(text)
+    except ValueError as exc:
+        raise typer.BadParameter(f"{option}: {exc}") from exc
 
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (ValueError, TypeError, FileNotFoundError, KeyError, IndexError) as exc:
-            console.print(f"[bold red]error:[/] {exc}")
-            raise typer.Exit(code=2) from exc
 
-    return wrapper  # type: ignore[return-value]
+def eps_value(text: str | None, option: str) -> float | None:
+    """One radius of an option (``8/255``, ``0.5``); None stays None."""
+    if text is None:
+        return None
+    try:
+        return parse_radius(text)
+    except ValueError as exc:
+        raise typer.BadParameter(f"{option}: {exc}") from exc
+
+
+def ints(text: str, option: str) -> list[int]:
+    """``"100,500"`` -> ``[100, 500]``."""
+    try:
+        return [int(t) for t in (p.strip() for p in text.split(",")) if t]
+    except ValueError as exc:
+        raise typer.BadParameter(f"{option}: expected comma-separated integers, got {text!r}") from exc

@@ -5,23 +5,12 @@ bounds), ``layers.csv`` (collision-search statistics per layer), ``settings.json
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
 import typer
 
-from ._common import console, friendly_errors, parse_classes, parse_params
-
-
-def _floats(text: str, what: str) -> list[float]:
-    try:
-        vals = [float(t) for t in (p.strip() for p in text.split(",")) if t]
-    except ValueError as exc:
-        raise typer.BadParameter(f"{what}: expected comma-separated numbers, got {text!r}") from exc
-    if not vals:
-        raise typer.BadParameter(f"{what}: give at least one number")
-    return vals
+from ._common import console, eps_list, friendly_errors, parse_classes, parse_params
 
 
 def register(app: typer.Typer) -> None:
@@ -38,7 +27,7 @@ def register(app: typer.Typer) -> None:
         classes: str = typer.Option("3,7", help="classes to keep, e.g. 3,7"),
         per_class: int = typer.Option(200, help="training points per class (the graph's vertices)"),
         norm: str = typer.Option("l2", help="l2 | linf | l1"),
-        eps: str = typer.Option("1.0,1.5,2.0,2.5,3.0", help="comma-separated eps grid"),
+        eps: str = typer.Option("1.0,1.5,2.0,2.5,3.0", help="comma-separated eps grid (numbers or fractions such as 8/255)"),
         layers: str = typer.Option(None, help="comma-separated layers (default: input, then every layer up to the penultimate)"),
         box: bool = typer.Option(False, help="keep perturbed points in [0,1] (default: unconstrained, as in the paper)"),
         neighbours: int = typer.Option(1, help="ReLU descent on each point's k most promising partners (0: all candidate pairs)"),
@@ -49,59 +38,25 @@ def register(app: typer.Typer) -> None:
         resume: bool = typer.Option(True, help="reuse layers finished by an interrupted run (saved in OUT/checkpoints)"),
     ) -> None:
         """Lower bounds on the robust 0-1 / cross-entropy loss of ANY classifier trained on each layer."""
-        from marginkit.bounds import balanced_subset, compare_layerwise
-        from marginkit.data import load_dataset
-        from marginkit.report.bounds_plots import plot_layerwise_bounds
-        from marginkit.results import atomic_write_text, library_versions
+        from marginkit.pipeline import BoundsJob, run_bounds
+        from marginkit.report.bounds_plots import write_bounds_report
 
         t0 = time.perf_counter()
-        grid = _floats(eps, "eps")
-        cls = parse_classes(classes)
-        ds = load_dataset(dataset, classes=cls, seed=seed)
-        models, refs = {}, {}
+        grid = eps_list(eps, "--eps")
+        pairs = []
         for item in model or []:
             name, sep, ref = item.partition("=")
             if not sep:
                 raise typer.BadParameter(f"--model expects NAME=REF, got {item!r}")
-            from marginkit.models.checkpoint import load_model
-
-            models[name], _ = load_model(ref)
-            refs[name] = ref
+            pairs.append((name, ref))
         params = parse_params(demo_param)
-        for method in demo or []:
-            from marginkit.training import demo_model
-
-            mp = {k.split(".", 1)[1]: v for k, v in params.items() if k.startswith(method + ".")}
-            mdl, ck = demo_model("mlp", dataset=dataset, classes=cls, method=method, method_params=mp or None,
-                                 seed=seed, hidden=hidden, depth=depth)
-            models[method] = mdl
-            refs[method] = {"checkpoint": ck.path, "test_accuracy": ck.metadata.get("test_accuracy"),
-                            "method_params": mp}
-        if not models:
-            raise ValueError("give at least one --model NAME=REF or --demo METHOD")
-        for m in models.values():
-            m.eval()
-        x, y = ds.split("train")
-        idx = balanced_subset(y, per_class, seed)
-        console.print(f"{len(models)} model(s), {len(idx)} points, eps grid {grid}")
-        res = compare_layerwise(models, x[idx], y[idx], norm, grid,
-                                layers=[s.strip() for s in layers.split(",")] if layers else None,
-                                bounds=(0.0, 1.0) if box else None, neighbours=neighbours or None,
-                                max_pairs=max_pairs, cross_entropy=not no_ce, solver=solver, progress=True,
-                                checkpoint_dir=os.path.join(out, "checkpoints") if resume else None)
-        os.makedirs(out, exist_ok=True)
-        import pandas as pd
-
-        table = res.to_frame()
-        atomic_write_text(os.path.join(out, "bounds.csv"), table.to_csv(index=False))
-        stats = pd.DataFrame(res.layers)
-        atomic_write_text(os.path.join(out, "layers.csv"), stats.drop(columns=["statuses"], errors="ignore").to_csv(index=False))
-        settings = {**res.settings, "dataset": ds.name, "dataset_fingerprint": ds.fingerprint(), "classes": cls,
-                    "seed": seed, "models": refs, "seconds": time.perf_counter() - t0, "versions": library_versions(),
-                    "layer_stats": res.layers}
-        atomic_write_text(os.path.join(out, "settings.json"), json.dumps(settings, indent=2, default=str))
-        plot_layerwise_bounds(table, os.path.join(out, "bounds_cross_entropy.png"), "cross_entropy") if not no_ce else None
-        plot_layerwise_bounds(table, os.path.join(out, "bounds_zero_one.png"), "zero_one")
-        console.print(table.pivot_table(index=["model", "eps"], columns="layer", values="cross_entropy" if not no_ce else "zero_one",
-                                        sort=False).round(4).to_string())
+        demo_params = {m: {k.split(".", 1)[1]: v for k, v in params.items() if k.startswith(m + ".")} for m in demo or []}
+        job = BoundsJob(tuple(pairs), tuple(demo or ()), demo_params, hidden, depth, dataset, parse_classes(classes),
+                        per_class, norm, tuple(grid), tuple(s.strip() for s in layers.split(",")) if layers else None,
+                        box, neighbours or None, max_pairs, solver, not no_ce, seed)
+        run = run_bounds(job, checkpoint_dir=os.path.join(out, "checkpoints") if resume else None)
+        write_bounds_report(run, out)
+        value = "cross_entropy" if run.cross_entropy else "zero_one"
+        console.print(run.table.pivot_table(index=["model", "eps"], columns="layer", values=value, sort=False)
+                      .round(4).to_string(), markup=False, highlight=False)
         console.print(f"wrote {out} in {time.perf_counter() - t0:.1f} s")

@@ -40,10 +40,11 @@ from .metrics import (
     fpr_at_tpr,
     margin_consistency,
     non_robust_labels,
-    robust_accuracy,
 )
+from ..margins.robust import robust_accuracy
 from .pseudo_margin import PseudoMargin, PseudoMarginConfig, representation
-from .scoring import Assessment, VulnerabilityScorer, compute_score
+from .scores import SCORES, compute_score
+from .scoring import Assessment, VulnerabilityScorer
 from .study import ModelConsistency, model_consistency
 
 __all__ = [
@@ -62,6 +63,7 @@ __all__ = [
     "ModelConsistency",
     "PseudoMargin",
     "PseudoMarginConfig",
+    "SCORES",
     "ScoreReport",
     "VulnerabilityScorer",
     "algorithm1",

@@ -22,7 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .metrics import DegenerateMetricError, as_margin_array, as_score_array, non_robust_labels, robust_accuracy
+from ..margins.robust import robust_accuracy
+from .scores import compute_score
+from .metrics import DegenerateMetricError, as_margin_array, as_score_array, non_robust_labels
 
 __all__ = [
     "DEFAULT_ALPHAS",
@@ -197,7 +199,7 @@ def algorithm1_repeats(score: Any, input_margin: Any, eps: float, n: int, correc
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     c = None if correct is None else np.asarray(correct).astype(bool)
-    full = robust_accuracy(c, d, eps) if c is not None else float(np.mean(non_robust_labels(d, eps)))
+    full = robust_accuracy(d, eps, c) if c is not None else float(np.mean(non_robust_labels(d, eps)))
     rng = np.random.default_rng(seed)
     ests, alphas_chosen, msgs, subset_vals = [], [], [], []
     for _ in range(repeats):
@@ -236,8 +238,8 @@ def _default_margin_fn() -> Callable[..., Any]:
     return input_margin
 
 
-def subset_estimates(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor | None, norm: str = "linf",
-                     eps: float = 8 / 255, *, n: int = 500, score: str = "logit", seed: int = 0,
+def subset_estimates(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor | None, norm: str = "l2",
+                     eps: float | None = None, *, n: int = 500, score: str = "logit", seed: int = 0,
                      alphas: Sequence[float] = DEFAULT_ALPHAS, margin_fn: Callable[..., Any] | None = None,
                      margin_kwargs: dict[str, Any] | None = None, batch_size: int = 1024,
                      pseudo_margin: Any = None) -> dict[str, Algorithm1Result]:
@@ -249,8 +251,8 @@ def subset_estimates(model: nn.Module, inputs: torch.Tensor, labels: torch.Tenso
     The margin function is :func:`marginkit.attacks.input_margin` unless ``margin_fn(model, x, None,
     norm, **margin_kwargs)`` is given; margins are taken w.r.t. the model's own decision (eq. 1).
     """
-    from .scoring import compute_score
-
+    if eps is None:
+        raise ValueError("give eps, the radius at which samples count as non-robust (in the units of norm)")
     N = inputs.shape[0]
     if not 1 <= n <= N:
         raise ValueError(f"subset size n must lie in [1, {N}], got {n}")
@@ -270,8 +272,8 @@ def subset_estimates(model: nn.Module, inputs: torch.Tensor, labels: torch.Tenso
     return out
 
 
-def estimate_robust_accuracy(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, norm: str = "linf",
-                             eps: float = 8 / 255, *, n: int = 500, score: str = "logit", seed: int = 0,
+def estimate_robust_accuracy(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, norm: str = "l2",
+                             eps: float | None = None, *, n: int = 500, score: str = "logit", seed: int = 0,
                              alphas: Sequence[float] = DEFAULT_ALPHAS, margin_fn: Callable[..., Any] | None = None,
                              margin_kwargs: dict[str, Any] | None = None, batch_size: int = 1024,
                              pseudo_margin: Any = None) -> Algorithm1Result:
@@ -286,7 +288,7 @@ def estimate_robust_accuracy(model: nn.Module, inputs: torch.Tensor, labels: tor
                             pseudo_margin=pseudo_margin)["robust_accuracy"]
 
 
-def estimate_vulnerability(model: nn.Module, inputs: torch.Tensor, norm: str = "linf", eps: float = 8 / 255, *,
+def estimate_vulnerability(model: nn.Module, inputs: torch.Tensor, norm: str = "l2", eps: float | None = None, *,
                            n: int = 500, score: str = "logit", seed: int = 0, alphas: Sequence[float] = DEFAULT_ALPHAS,
                            margin_fn: Callable[..., Any] | None = None, margin_kwargs: dict[str, Any] | None = None,
                            batch_size: int = 1024, pseudo_margin: Any = None) -> Algorithm1Result:

@@ -9,13 +9,14 @@ the binned view of Fig. 2, and Algorithm 1's robust-accuracy estimates from smal
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
+from ..margins.robust import robust_accuracy
+from ..results.jsonio import to_jsonable
 from .algorithm1 import DEFAULT_ALPHAS, Algorithm1Evaluation, algorithm1_repeats
 from .metrics import (
     BinnedConsistency,
@@ -26,7 +27,6 @@ from .metrics import (
     detection_metrics,
     eps_sweep,
     margin_consistency,
-    robust_accuracy,
 )
 
 __all__ = ["ScoreReport", "ConsistencyReport", "evaluate_consistency", "compare_scores", "DEFAULT_SCORE_COLUMNS"]
@@ -70,7 +70,7 @@ class ConsistencyReport:
     extras: dict[str, Any] = field(default_factory=dict)  # equidistance, isometry, pseudo-margin, ...
 
     def to_dict(self, curves: bool = False) -> dict[str, Any]:
-        return _jsonable({"norm": self.norm, "eps": self.eps, "eps_grid": self.eps_grid, "n": self.n,
+        return to_jsonable({"norm": self.norm, "eps": self.eps, "eps_grid": self.eps_grid, "n": self.n,
                           "n_dropped": self.n_dropped, "n_infinite_margin": self.n_infinite_margin,
                           "accuracy": self.accuracy, "robust_accuracy": self.robust_accuracy,
                           "scores": {k: v.to_dict(curves) for k, v in self.scores.items()},
@@ -89,24 +89,6 @@ class ConsistencyReport:
 
     def to_markdown(self, title: str = "Margin consistency") -> str:
         return _markdown(self, title)
-
-
-def _jsonable(obj: Any) -> Any:
-    """Plain JSON: inf as the string "inf" (JSON has no infinity), NaN never appears by construction."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        f = float(obj)
-        if math.isinf(f):
-            return "inf" if f > 0 else "-inf"
-        return None if math.isnan(f) else f
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
 
 
 def compare_scores(scores: Mapping[str, Any], input_margin: Any, eps: float, *, n_resamples: int = 0,
@@ -213,7 +195,7 @@ def evaluate_consistency(
                 "alphas": list(alphas), "n_resamples": n_resamples, "n_bins": n_bins, "seed": seed}
     return ConsistencyReport(norm=str(norm), eps=float(eps), eps_grid=[float(e) for e in grid], n=int(len(d)),
                              n_dropped=n_dropped, n_infinite_margin=int(np.isinf(d).sum()),
-                             accuracy=float(correct.mean()), robust_accuracy=robust_accuracy(correct, d, eps),
+                             accuracy=float(correct.mean()), robust_accuracy=robust_accuracy(d, eps, correct),
                              scores=reports, settings=settings)
 
 

@@ -41,7 +41,6 @@ __all__ = [
     "detection_metrics",
     "eps_sweep",
     "binned_consistency",
-    "robust_accuracy",
     "PAPER_LINF_EPS",
 ]
 
@@ -354,18 +353,6 @@ def eps_sweep(score: Any, input_margin: Any, eps_values: Sequence[float]) -> lis
     d = as_margin_array(input_margin)
     _check_same_length(score=s, input_margin=d)
     return [detection_metrics(s, d, float(e)) for e in eps_values]
-
-
-def robust_accuracy(correct: Any, input_margin: Any, eps: float) -> float:
-    """Fraction of samples that are correctly classified and have ``d_in > eps`` (robust accuracy).
-
-    With upper bounds on d_in this is an upper bound on the true robust accuracy; ``inf`` counts as
-    robust.
-    """
-    c = np.asarray(correct.detach().cpu() if hasattr(correct, "detach") else correct).astype(bool)
-    y = non_robust_labels(input_margin, eps)
-    _check_same_length(correct=c, input_margin=y)
-    return float(np.mean(c & (y == 0)))
 
 
 # ----------------------------------------------------------------------------------------------

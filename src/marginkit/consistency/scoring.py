@@ -21,39 +21,11 @@ from ..norms import as_norm
 from .algorithm1 import DEFAULT_ALPHAS, threshold_at_tpr, tune_threshold
 from .metrics import as_margin_array, non_robust_labels
 from .pseudo_margin import PseudoMargin
+from .scores import SCORES, compute_score
 
-__all__ = ["SCORES", "compute_score", "Assessment", "VulnerabilityScorer"]
+__all__ = ["Assessment", "VulnerabilityScorer"]
 
-SCORES = ("logit", "feature", "pseudo")
 FORMAT = "marginkit-vulnerability-scorer"
-
-
-@torch.no_grad()
-def compute_score(model: nn.Module, inputs: torch.Tensor, kind: str = "logit", *, norm: str = "l2",
-                  pseudo_margin: PseudoMargin | None = None, batch_size: int = 1024) -> tuple[np.ndarray, torch.Tensor]:
-    """Score of every input from one forward pass per batch, and the predictions.
-
-    ``kind``: "logit" (eq. 4, top-1 minus top-2), "feature" (eq. 2 in the dual of ``norm``; needs a
-    linear head) or "pseudo" (needs ``pseudo_margin``). Larger = further from the boundary.
-    """
-    from ..margins import output_margins
-
-    if kind not in SCORES:
-        raise ValueError(f"unknown score {kind!r}; choose one of {', '.join(SCORES)}")
-    if kind == "pseudo":
-        if pseudo_margin is None:
-            raise ValueError("score 'pseudo' needs a fitted pseudo_margin")
-        out = output_margins(model, inputs, norm=norm, batch_size=batch_size, keep_features=pseudo_margin.config.source == "features")
-        rep = out.features if pseudo_margin.config.source == "features" else out.logits
-        if rep is None:
-            raise TypeError("the pseudo-margin reads features but the model has no linear head to split off")
-        return pseudo_margin.predict(rep).double().cpu().numpy(), out.prediction
-    out = output_margins(model, inputs, norm=norm, batch_size=batch_size)
-    if kind == "feature":
-        if out.feature_margin is None:
-            raise TypeError("the model has no linear head, so no feature margin; use score 'logit'")
-        return out.feature_margin.double().cpu().numpy(), out.prediction
-    return out.logit_margin.double().cpu().numpy(), out.prediction
 
 
 @dataclass
@@ -72,7 +44,7 @@ class VulnerabilityScorer:
     model: nn.Module
     threshold: float
     kind: str = "logit"
-    norm: str = "linf"
+    norm: str = "l2"
     eps: float | None = None
     pseudo_margin: PseudoMargin | None = None
     calibration: dict[str, Any] = field(default_factory=dict)
@@ -99,7 +71,7 @@ class VulnerabilityScorer:
 
     @classmethod
     def calibrate(cls, model: nn.Module, inputs: torch.Tensor, input_margin: Any, eps: float, *, kind: str = "logit",
-                  norm: str = "linf", tpr: float | None = 0.95, labels: torch.Tensor | None = None,
+                  norm: str = "l2", tpr: float | None = 0.95, labels: torch.Tensor | None = None,
                   alphas: Sequence[float] = DEFAULT_ALPHAS, pseudo_margin: PseudoMargin | None = None,
                   batch_size: int = 1024) -> "VulnerabilityScorer":
         """Choose the threshold on calibration samples whose input margins are known.

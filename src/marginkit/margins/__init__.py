@@ -1,6 +1,8 @@
 """Margins: logit and feature margins from one forward pass, exact input margins of affine models."""
 
-from .affine import AffineMargin, affine_input_margin, affine_input_margin_solver, affine_parameters
+from .affine import AffineMargin, affine_input_margin, affine_input_margin_solver, affine_map_or_none, affine_parameters, is_affine
+from .estimators import ESTIMATORS, check_estimator, resolve_estimator
+from .robust import robust_accuracy, robust_accuracy_curve
 from .output import (
     OutputMargins,
     equidistance_summary,
@@ -13,20 +15,23 @@ from .output import (
 )
 
 __all__ = [
+    "ESTIMATORS",
     "AffineMargin",
     "OutputMargins",
     "affine_input_margin",
     "affine_input_margin_solver",
+    "affine_map_or_none",
+    "check_estimator",
     "affine_parameters",
     "equidistance_summary",
     "feature_margin",
     "head_distances",
     "hyperplane_distances",
+    "is_affine",
     "logit_margin",
     "output_margins",
     "pairwise_gaps",
+    "resolve_estimator",
+    "robust_accuracy",
+    "robust_accuracy_curve",
 ]
-
-from .table import INPUT_MARGIN_MODES, is_affine, margin_table  # noqa: E402
-
-__all__ += ["INPUT_MARGIN_MODES", "is_affine", "margin_table"]

@@ -28,7 +28,12 @@ from ..checks import check_inputs, check_labels, check_logits, model_device
 from ..norms import Norm, as_norm, batch_norm
 from .output import hyperplane_distances
 
-__all__ = ["AffineMargin", "affine_parameters", "affine_input_margin", "affine_input_margin_solver", "exact_affine_margin"]
+__all__ = ["AffineMargin", "affine_map_or_none", "affine_parameters", "affine_input_margin", "affine_input_margin_solver",
+           "exact_affine_margin", "is_affine"]
+
+_AFFINE_LAYERS = (nn.Linear, nn.Flatten, nn.Identity, nn.Dropout)
+# A model holding one of these is not affine (for any weights worth using), so no forward pass is spent on it.
+_NONLINEAR_LAYERS = (nn.ReLU, nn.MaxPool2d, nn.Sigmoid, nn.Tanh, nn.GELU, nn.Softmax)
 
 
 @dataclass
@@ -95,6 +100,24 @@ def affine_parameters(model: nn.Module, input_shape: tuple[int, ...], check: boo
         probe = torch.rand(_PROBE_ROWS, n, generator=g, dtype=torch.float64).to(device)
         _require_affine(run(probe), probe @ a.T + c, n)
     return a, c
+
+
+def affine_map_or_none(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(A, c) of ``model`` when it is affine (:func:`affine_parameters`, checked numerically), else None;
+    models with a known non-linear layer are rejected without a forward pass."""
+    if any(isinstance(m, _NONLINEAR_LAYERS) for m in model.modules()):
+        return None
+    try:
+        return affine_parameters(model, input_shape)
+    except ValueError:
+        return None
+
+
+def is_affine(model: nn.Module, input_shape: tuple[int, ...]) -> bool:
+    """Whether ``model`` computes an affine map of its input (checked numerically when not obvious)."""
+    if isinstance(model, nn.Sequential) and all(isinstance(m, _AFFINE_LAYERS) for m in model):
+        return True
+    return affine_map_or_none(model, input_shape) is not None
 
 
 def _require_affine(got: torch.Tensor, expect: torch.Tensor, n: int) -> None:

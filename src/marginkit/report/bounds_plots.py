@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 from .plotting import pyplot, save_figure
 
-__all__ = ["plot_layerwise_bounds"]
+__all__ = ["plot_layerwise_bounds", "write_bounds_report"]
 
 
 def plot_layerwise_bounds(rows: Sequence[dict] | Any, path: str, loss: str = "cross_entropy") -> str:
@@ -35,3 +35,23 @@ def plot_layerwise_bounds(rows: Sequence[dict] | Any, path: str, loss: str = "cr
     axes[0][0].set_ylabel("lower bound on robust " + ("cross-entropy (nats)" if loss == "cross_entropy" else "0-1 loss"))
     axes[0][-1].legend(title="layer", fontsize=8)
     return save_figure(fig, path)
+
+
+def write_bounds_report(run: Any, out: str) -> dict[str, str]:
+    """Files of a :class:`marginkit.pipeline.BoundsRun`: ``bounds.csv``, ``layers.csv``,
+    ``settings.json`` and the bound-vs-eps plots (cross-entropy only when it was computed)."""
+    import os
+
+    from ..results.jsonio import write_json
+    from ..results.provenance import atomic_write_text
+
+    os.makedirs(out, exist_ok=True)
+    paths = {"bounds": os.path.join(out, "bounds.csv"), "layers": os.path.join(out, "layers.csv")}
+    atomic_write_text(paths["bounds"], run.table.to_csv(index=False))
+    atomic_write_text(paths["layers"], run.layers.to_csv(index=False))
+    paths["settings"] = write_json(os.path.join(out, "settings.json"), run.settings)
+    if run.cross_entropy:
+        paths["cross_entropy_plot"] = plot_layerwise_bounds(run.table, os.path.join(out, "bounds_cross_entropy.png"),
+                                                            "cross_entropy")
+    paths["zero_one_plot"] = plot_layerwise_bounds(run.table, os.path.join(out, "bounds_zero_one.png"), "zero_one")
+    return paths

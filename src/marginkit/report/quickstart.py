@@ -27,7 +27,8 @@ def write_quickstart_report(df: pd.DataFrame, out_dir: str, title: str, settings
                             eps: float | None = None, seed: int = 0) -> dict[str, str]:
     """``summary.md`` (margins, accuracy, robust accuracy curve, consistency), JSON, histograms and the
     consistency plots under ``out_dir/consistency``. Without input margins only the summary is written."""
-    from ..consistency import evaluate_consistency, robust_accuracy
+    from ..consistency import evaluate_consistency
+    from ..margins.robust import robust_accuracy_curve
     from .consistency_plots import write_consistency_plots
 
     paths = write_summary(df, out_dir, title, settings)
@@ -51,7 +52,7 @@ def write_quickstart_report(df: pd.DataFrame, out_dir: str, title: str, settings
              f"Robust accuracy = fraction of samples correctly classified whose input margin exceeds eps "
              f"({norm}; {int(np.isinf(d[keep]).sum())} samples with no flip found count as robust).", "",
              "| eps | " + " | ".join(f"{e:g}" for e in grid) + " |", "|---|" + "---|" * len(grid),
-             "| robust accuracy | " + " | ".join(f"{100 * robust_accuracy(correct[keep], d[keep], e):.1f}%" for e in grid) + " |",
+             "| robust accuracy | " + " | ".join(f"{100 * v:.1f}%" for v in robust_accuracy_curve(d[keep], grid, correct[keep])) + " |",
              "", f"Margin consistency at eps = {eps:g} (logit margin as the score):", "",
              "| Kendall tau | AUROC | AUPR (AP) | FPR@95 | non-robust samples |", "|---|---|---|---|---|",
              f"| {fmt(row['kendall_tau'])} | {fmt(row['auroc'])} | {fmt(row['aupr_ap'])} | {fmt(row['fpr95'])} | "

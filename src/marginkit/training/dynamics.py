@@ -27,7 +27,7 @@ from torch import nn
 from ..attacks.pgd import random_ball
 from ..checks import check_inputs, check_labels, check_logits, check_model_mode, model_device
 from ..margins.output import pairwise_gaps
-from ..margins.table import is_affine
+from ..margins.affine import is_affine
 from ..norms import Norm, as_norm, batch_norm
 from ..results.provenance import atomic_write_text
 

@@ -103,7 +103,7 @@ def robust_accuracy(
         if margin_tensor.shape != (n,):
             raise ValueError(f"margins must have shape ({n},), got {tuple(margin_tensor.shape)}")
     elif margins is not None:
-        from ..margins.table import is_affine
+        from ..margins.affine import is_affine
         from .dynamics import estimate_margins
 
         est = margins

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from marginkit.margins import affine_input_margin, is_affine, margin_table
+from marginkit.margins import affine_input_margin, is_affine
+from marginkit.pipeline import margin_table
 from marginkit.models import ModelSpec, build_model
 from marginkit.results import ResultsStore
 
@@ -43,7 +44,19 @@ def test_store_backed_table_resumes_in_chunks(tmp_path):
     np.testing.assert_allclose(df["input_margin_upper"].to_numpy(), full["input_margin_upper"].to_numpy())
 
 
-def test_exact_mode_refuses_networks():
+def test_exact_and_certify_on_networks_need_the_verify_package(monkeypatch):
+    import sys
+
+    from marginkit.pipeline import EstimatorUnavailable
+
+    monkeypatch.setitem(sys.modules, "marginkit.verify", None)  # import fails as when the package is absent
     model = build_model(ModelSpec("mlp", (5,), 3, hidden=4), seed=0)
-    with pytest.raises(ValueError, match="affine model"):
-        margin_table(model, torch.rand(3, 5), torch.zeros(3, dtype=torch.long), input_margin="exact")
+    for mode in ("exact", "certify"):
+        with pytest.raises(EstimatorUnavailable, match="verify package"):
+            margin_table(model, torch.rand(3, 5), torch.zeros(3, dtype=torch.long), input_margin=mode)
+
+
+def test_unknown_estimator_names_the_vocabulary():
+    model = build_model(ModelSpec("linear", (5,), 3), seed=0)
+    with pytest.raises(ValueError, match="auto | exact | attack | certify | none"):
+        margin_table(model, torch.rand(3, 5), torch.zeros(3, dtype=torch.long), input_margin="pgd")

@@ -1,0 +1,46 @@
+"""The library pipeline: what ``marginkit run``, ``margins``, ``consistency`` and ``bounds`` do, callable
+from Python. Specs are frozen data (:mod:`.specs`); the runner loads model and data, computes the
+per-sample table resumably and records provenance (:mod:`.run`, :mod:`.table`); the estimator dispatch
+(:mod:`.estimate`) is the one place where an estimator name becomes code; analyses are assembled for
+the report writers of :mod:`marginkit.report` (:mod:`.consistency`, :mod:`.bounds`).
+"""
+
+from .bounds import BoundsJob, BoundsRun, run_bounds
+from .consistency import (
+    ConsistencyOptions,
+    ConsistencyRun,
+    SubsetEstimate,
+    consistency_from_job,
+    consistency_from_table,
+    eps_grid,
+    subset_estimate,
+)
+from .estimate import EstimatorUnavailable, input_margin_columns, verify_function
+from .run import job_settings, run_margins
+from .specs import DataRef, MarginJob, ModelRef, load_data_ref, load_model_ref
+from .table import INPUT_MARGIN_MODES, margin_table
+
+__all__ = [
+    "BoundsJob",
+    "BoundsRun",
+    "ConsistencyOptions",
+    "ConsistencyRun",
+    "DataRef",
+    "EstimatorUnavailable",
+    "INPUT_MARGIN_MODES",
+    "MarginJob",
+    "ModelRef",
+    "SubsetEstimate",
+    "consistency_from_job",
+    "consistency_from_table",
+    "eps_grid",
+    "input_margin_columns",
+    "job_settings",
+    "load_data_ref",
+    "load_model_ref",
+    "margin_table",
+    "run_bounds",
+    "run_margins",
+    "subset_estimate",
+    "verify_function",
+]
