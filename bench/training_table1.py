@@ -22,7 +22,7 @@ import torch
 
 from marginkit.models.checkpoint import load_checkpoint, save_checkpoint
 from marginkit.results import library_versions
-from marginkit.training import lipschitz_margin, robust_accuracy
+from marginkit.training import lipschitz_margin, pgd_robust_accuracy
 from marginkit.training.presets import get_preset, train_preset
 
 EPS = (0.5, 1.0, 1.5, 2.0)
@@ -73,7 +73,7 @@ def main() -> int:
             ds = load_dataset("mnist5k", seed=args.seed)
             x, y = ds.x_test[: args.n_test], ds.y_test[: args.n_test]
             t0 = time.perf_counter()
-            ra = robust_accuracy(model, x, y, "l2", EPS, steps=args.pgd_steps, margins="attack", seed=args.seed,
+            ra = pgd_robust_accuracy(model, x, y, "l2", EPS, steps=args.pgd_steps, margins="attack", seed=args.seed,
                                  engine_options={"budget": args.engine_budget})
             with torch.no_grad():
                 correct = model(x).argmax(1) == y

@@ -38,7 +38,8 @@ def test_train_then_margins_table_resumes(tmp_path):
     assert len(df) == 40 and (df["status"] == "exact").all() and (df["input_margin_upper"] > 0).all()
     assert os.path.exists(os.path.join(run_dir, "summary.md"))
     again = _ok(args)  # re-running resumes: nothing recomputed, no duplicated rows
-    assert len(pd.read_parquet(os.path.join(run_dir, "results.parquet"))) == 40
+    assert "resuming: 40 of 40 samples already" in again and "40 samples ->" in again
+    pd.testing.assert_frame_equal(pd.read_parquet(os.path.join(run_dir, "results.parquet")), df)
     res = runner.invoke(app, ["margins", "--model", ckpt, "--dataset", "digits", "--norm", "l2", "--limit", "40",
                               "--out", run_dir])
     assert res.exit_code == 2 and "other settings" in res.output
@@ -50,7 +51,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path):
     res = runner.invoke(app, ["train", "--dataset", "digits", "--arch", "resnet"])
     assert res.exit_code == 2 and "unknown architecture" in res.output
     res = runner.invoke(app, ["data", "inspect", "digits", "--classes", "3"])
-    assert res.exit_code != 0
+    assert res.exit_code == 2 and "at least two classes" in res.output and "Traceback" not in res.output
 
 
 def test_main_job_writes_table_summary_and_histogram(tmp_path):

@@ -72,4 +72,4 @@ def test_consistency_cli_bad_input(tmp_path):
     res = _run(["consistency", "--table", str(tmp_path / "missing"), "--eps", "0.1", "--out", str(tmp_path / "o")])
     assert res.exit_code == 2 and "no results table" in res.output
     res = _run(["consistency", "--table", str(tmp_path), "--eps", "1/0", "--out", str(tmp_path / "o")])
-    assert res.exit_code != 0
+    assert res.exit_code == 2 and "8/255" in res.output and "Traceback" not in res.output

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from marginkit.margins import affine_input_margin
-from marginkit.training.evaluation import accuracy_from_margins, robust_accuracy
+from marginkit.training.evaluation import accuracy_from_margins, pgd_robust_accuracy
 
 
 def _binary(seed=0, d=10):
@@ -27,9 +27,9 @@ def test_pgd_and_exact_margins_agree_on_binary_affine():
     exact = affine_input_margin(model, x, y, "l2", bounds=(0.0, 1.0)).margin
     eps = sorted(float(v) for v in exact[torch.isfinite(exact) & (exact > 0)].quantile(torch.tensor([0.2, 0.5, 0.8], dtype=torch.float64)))
     eps = [e * 1.001 for e in eps]  # keep the budgets off the exact margins of individual samples
-    res = robust_accuracy(model, x, y, "l2", eps, steps=60)
+    res = pgd_robust_accuracy(model, x, y, "l2", eps, steps=60)
     t = res.table
-    assert res.settings["margins"] == "affine"
+    assert res.settings["margins"] == "exact"
     assert torch.allclose(res.margins, exact)
     # Binary affine: PGD is exact, so both columns agree; and the margin curve equals its definition.
     assert list(t["pgd_robust_accuracy"]) == pytest.approx(list(t["margin_robust_accuracy"]), abs=1.5 / 80)
@@ -44,7 +44,7 @@ def test_robust_accuracy_with_engine_margins_on_relu_net():
     model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
     x = torch.rand(24, 6, generator=torch.Generator().manual_seed(4))
     y = model(x).argmax(1)
-    res = robust_accuracy(model, x, y, "l2", [0.05, 0.2, 1.0], steps=20)
+    res = pgd_robust_accuracy(model, x, y, "l2", [0.05, 0.2, 1.0], steps=20)
     t = res.table
     assert res.settings["margins"] == "attack"
     assert (t["robust_accuracy"] <= t[["pgd_robust_accuracy", "margin_robust_accuracy"]].min(axis=1) + 1e-12).all()
@@ -54,11 +54,11 @@ def test_robust_accuracy_with_engine_margins_on_relu_net():
 
 def test_robust_accuracy_given_margins_and_errors():
     model, x, y = _binary()
-    res = robust_accuracy(model, x, y, "linf", [0.01], steps=5, margins=None)
+    res = pgd_robust_accuracy(model, x, y, "linf", [0.01], steps=5, margins=None)
     assert res.margins is None and res.table["margin_robust_accuracy"].isna().all()
     with pytest.raises(ValueError, match="shape"):
-        robust_accuracy(model, x, y, "l2", [0.1], steps=2, margins=torch.ones(3))
+        pgd_robust_accuracy(model, x, y, "l2", [0.1], steps=2, margins=torch.ones(3))
     with pytest.raises(ValueError, match="eps"):
-        robust_accuracy(model, x, y, "l2", [], steps=2)
+        pgd_robust_accuracy(model, x, y, "l2", [], steps=2)
     with pytest.raises(ValueError, match="class"):
-        robust_accuracy(model, x, y + 5, "l2", [0.1], steps=2)
+        pgd_robust_accuracy(model, x, y + 5, "l2", [0.1], steps=2)

@@ -7,7 +7,7 @@ from .adversarial import PGDTraining, Trades  # registers "pgd" and "trades"
 from .regularizers import AverageMarginRegularizer, LipschitzRegularizer  # registers "amr" and "lcr"
 from .presets import PRESETS, Preset, get_preset, train_preset
 from .dynamics import MarginTracker, estimate_margins, linear_margin_dynamics, lipschitz_margin
-from .evaluation import RobustAccuracy, robust_accuracy
+from .evaluation import RobustAccuracy, pgd_robust_accuracy
 
 __all__ = [
     "MarginTracker",
@@ -18,7 +18,7 @@ __all__ = [
     "get_preset",
     "linear_margin_dynamics",
     "lipschitz_margin",
-    "robust_accuracy",
+    "pgd_robust_accuracy",
     "train_preset",
     "AverageMarginRegularizer",
     "LipschitzRegularizer",

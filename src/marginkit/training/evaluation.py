@@ -4,7 +4,8 @@ The min-vs-average margin paper reports l2 PGD robust accuracy at eps = 0.5, 1.0
 A fixed-budget attack answers one eps at a time; a minimal-norm margin d(x) answers every eps at once:
 a correctly classified x is robust at eps iff d(x) > eps. Both columns are upper bounds on the true
 robust accuracy (attacks can miss); the ``robust_accuracy`` column counts a sample as robust only when
-neither attack broke it, the tightest of the three. For affine models the margin column is exact.
+neither attack broke it, the tightest of the three. For affine models the margin column is exact. The
+formula reading robust accuracy off margins is :func:`marginkit.margins.robust.robust_accuracy_curve`.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from torch import nn
 
 from ..attacks.pgd import pgd
 from ..checks import check_inputs, check_labels, check_logits, check_model_mode, model_device
+from ..margins.robust import robust_accuracy_curve
 from ..norms import Norm, as_norm
 
-__all__ = ["RobustAccuracy", "robust_accuracy", "accuracy_from_margins"]
+__all__ = ["RobustAccuracy", "pgd_robust_accuracy", "accuracy_from_margins"]
 
 
 @dataclass
@@ -37,13 +39,12 @@ class RobustAccuracy:
 
 
 def accuracy_from_margins(margins: torch.Tensor, correct: torch.Tensor, eps: Sequence[float]) -> list[float]:
-    """Fraction of samples that are correct and have margin > eps, for each eps (the robust-accuracy curve)."""
-    m = margins.detach().double().cpu()
-    c = correct.detach().cpu().bool()
-    return [float((c & (m > e)).double().mean()) for e in eps]
+    """Fraction of samples that are correct and have margin > eps, for each eps (the robust-accuracy curve
+    of :func:`marginkit.margins.robust.robust_accuracy_curve`)."""
+    return robust_accuracy_curve(margins, eps, correct)
 
 
-def robust_accuracy(
+def pgd_robust_accuracy(
     model: nn.Module,
     inputs: torch.Tensor,
     labels: torch.Tensor,
@@ -62,9 +63,10 @@ def robust_accuracy(
     """PGD robust accuracy at every ``eps`` and the curve read from minimal-norm margins, side by side.
 
     PGD: ``steps`` iterations of step ``step_size`` (default 2.5 eps / steps), ``restarts`` random
-    starts; a sample counts as broken if any restart misclassifies it. ``margins``: ``"auto"`` (exact
-    for affine models, else the input-margin engine), ``"affine"``, ``"attack"``, a precomputed (N,)
-    tensor of margins w.r.t. ``labels``, or None to skip the margin column.
+    starts; a sample counts as broken if any restart misclassifies it. ``margins``: an estimator of
+    :mod:`marginkit.margins.estimators` -- ``"auto"`` (exact for affine models, else the attack engine),
+    ``"exact"`` (affine models) or ``"attack"`` -- a precomputed (N,) tensor of margins w.r.t.
+    ``labels``, or None to skip the margin column.
     """
     norm = as_norm(norm)
     check_inputs(inputs)
@@ -103,16 +105,12 @@ def robust_accuracy(
         if margin_tensor.shape != (n,):
             raise ValueError(f"margins must have shape ({n},), got {tuple(margin_tensor.shape)}")
     elif margins is not None:
-        from ..margins.affine import is_affine
+        from ..margins.estimators import check_estimator, resolve_estimator
         from .dynamics import estimate_margins
 
-        est = margins
-        if est == "auto":
-            est = "affine" if is_affine(model, tuple(inputs.shape[1:])) else "attack"
-        if est not in ("affine", "attack"):
-            raise ValueError(f"margins must be 'auto', 'affine', 'attack', a tensor or None, got {margins!r}")
-        margin_tensor, _ = estimate_margins(model, inputs, labels, est, norm, bounds=bounds or (0.0, 1.0),
-                                            seed=seed, engine_options=engine_options)
+        est = resolve_estimator(check_estimator(margins, ("auto", "exact", "attack")), model, tuple(inputs.shape[1:]))
+        margin_tensor, _ = estimate_margins(model, inputs, labels, "affine" if est == "exact" else est, norm,
+                                            bounds=bounds or (0.0, 1.0), seed=seed, engine_options=engine_options)
         source = est
     import pandas as pd
 
