@@ -75,3 +75,15 @@ def test_debug_flag_reraises_with_the_traceback(tmp_path):
     res = runner.invoke(app, args)  # the flag holds for one invocation only
     assert not state.debug
     assert _clean_error(res), res.output
+
+
+def test_options_take_eps_as_fractions():
+    from marginkit.cli._common import eps_list, eps_value, parse_params
+
+    assert eps_value("8/255", "--eps") == pytest.approx(8 / 255)
+    assert eps_list("2/255, 0.5,1", "--eps") == pytest.approx([2 / 255, 0.5, 1.0])
+    assert parse_params(["eps=8/255", "norm=linf", "steps=10", "path=a/b"]) == {
+        "eps": pytest.approx(8 / 255), "norm": "linf", "steps": 10, "path": "a/b"}
+    for bad in ("1/0", "x", "-1", "inf", ""):
+        with pytest.raises(typer.BadParameter, match="--eps"):
+            eps_list(bad, "--eps")

@@ -76,8 +76,18 @@ def parse_params(items: list[str] | None) -> dict[str, Any]:
         try:
             out[key.strip()] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
-            out[key.strip()] = value
+            out[key.strip()] = _fraction(value)
     return out
+
+
+def _fraction(value: str) -> Any:
+    """``"8/255"`` -> 8/255 (the eps grammar); any other text stays text."""
+    if "/" in value:
+        try:
+            return parse_radius(value)
+        except ValueError:
+            pass
+    return value
 
 
 def eps_list(text: str, option: str) -> list[float]:

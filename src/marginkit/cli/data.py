@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import typer
 
 from ._common import friendly_errors, parse_classes
@@ -29,8 +27,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Print sizes, shapes, class counts and the fingerprint of a dataset as JSON."""
         from marginkit.data import load_dataset
+        from marginkit.results.jsonio import dumps
 
         ds = load_dataset(spec, classes=parse_classes(classes), seed=seed)
-        typer.echo(json.dumps(ds.describe(), indent=2))
+        typer.echo(dumps(ds.describe()))
 
     app.add_typer(data_app, name="data")

@@ -36,7 +36,7 @@ def register(app: typer.Typer) -> None:
 
         from marginkit.report.dynamics_plots import plot_linear_dynamics, plot_tracker
         from marginkit.results import library_versions
-        from marginkit.results.provenance import atomic_write_text
+        from marginkit.results.jsonio import write_json
 
         if arch == "logreg":
             from marginkit.training.dynamics import linear_margin_dynamics
@@ -45,8 +45,8 @@ def register(app: typer.Typer) -> None:
             res = linear_margin_dynamics(dataset, parse_classes(classes) or (0, 1), epochs=epochs or 20000,
                                          seed=seed, progress=True)
             plots = plot_linear_dynamics(res, out_dir)
-            atomic_write_text(os.path.join(out_dir, "dynamics.json"),
-                              json.dumps({**json.loads(res.to_json()), "versions": library_versions()}))
+            write_json(os.path.join(out_dir, "dynamics.json"),
+                       {**json.loads(res.to_json()), "versions": library_versions()}, indent=None)
             df = res.frame()
             cols = ["epoch", "train_error", "train_min_margin", "train_avg_margin", "test_min_margin", "test_avg_margin"]
             typer.echo(df[cols].iloc[:: max(1, len(df) // 10)].to_string(index=False))
@@ -74,11 +74,10 @@ def register(app: typer.Typer) -> None:
             result, _, _ = train_preset(name, dataset, seed=seed, callbacks=[tracker], progress=True, **over)
             used = sorted({r["estimator"] for r in tracker.history})
             plots = plot_tracker(tracker.history, out_dir, title=f"{name} ({', '.join(used)} margins, {norm})")
-            atomic_write_text(os.path.join(out_dir, "dynamics.json"),
-                              json.dumps({"settings": {**tracker.settings(), "preset": name, "dataset": dataset,
-                                                       "train": result.settings}, "history": tracker.history,
-                                          "train_history": result.history, "versions": library_versions()},
-                                         default=str))
+            write_json(os.path.join(out_dir, "dynamics.json"),
+                       {"settings": {**tracker.settings(), "preset": name, "dataset": dataset, "train": result.settings},
+                        "history": tracker.history, "train_history": result.history, "versions": library_versions()},
+                       indent=None)
             typer.echo(tracker.frame()[["epoch", "split", "accuracy", "min_margin", "avg_margin",
                                            "median_margin"]].to_string(index=False))
         for k, v in plots.items():

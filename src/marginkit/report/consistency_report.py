@@ -14,7 +14,7 @@ from .consistency_plots import write_consistency_plots
 __all__ = ["consistency_summary_line", "write_consistency_report", "write_estimate_report"]
 
 
-def write_consistency_report(run: ConsistencyRun, out: str | os.PathLike) -> dict[str, str]:
+def write_consistency_report(run: ConsistencyRun, out: str | os.PathLike, *, title: str | None = None) -> dict[str, str]:
     """Write the report of ``run`` into ``out``; returns the paths written (``metrics``, ``markdown``, plots)."""
     out = os.fspath(out)
     os.makedirs(out, exist_ok=True)
@@ -27,7 +27,7 @@ def write_consistency_report(run: ConsistencyRun, out: str | os.PathLike) -> dic
     metrics = write_json(os.path.join(out, "metrics.json"), report.to_dict())
     name = os.path.basename(str(run.model)) if run.model else "table"
     markdown = os.path.join(out, "report.md")
-    atomic_write_text(markdown, report.to_markdown(f"Margin consistency of {name} ({run.norm}, eps={run.eps:.6g})"))
+    atomic_write_text(markdown, report.to_markdown(title or f"Margin consistency of {name} ({run.norm}, eps={run.eps:.6g})"))
     return {"metrics": metrics, "markdown": markdown, **plots}
 
 

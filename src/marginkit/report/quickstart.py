@@ -7,7 +7,6 @@ the minimal-norm margins (seed paper: margin consistency, Table 1 and Algorithm 
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Mapping
 
@@ -29,7 +28,8 @@ def write_quickstart_report(df: pd.DataFrame, out_dir: str, title: str, settings
     consistency plots under ``out_dir/consistency``. Without input margins only the summary is written."""
     from ..consistency import evaluate_consistency
     from ..margins.robust import robust_accuracy_curve
-    from .consistency_plots import write_consistency_plots
+    from ..pipeline.consistency import ConsistencyRun
+    from .consistency_report import write_consistency_report
 
     paths = write_summary(df, out_dir, title, settings)
     d = df["input_margin_upper"].to_numpy(dtype=float)
@@ -43,9 +43,7 @@ def write_quickstart_report(df: pd.DataFrame, out_dir: str, title: str, settings
     report = evaluate_consistency(df, eps, norm=norm, eps_grid=grid, subset_sizes=(100,), repeats=10,
                                   n_resamples=200, seed=seed)
     cdir = os.path.join(out_dir, "consistency")
-    report.extras["plots"] = write_consistency_plots(report, cdir)
-    atomic_write_text(os.path.join(cdir, "metrics.json"), json.dumps(report.to_dict(), indent=2))
-    atomic_write_text(os.path.join(cdir, "report.md"), report.to_markdown(f"Margin consistency ({norm}, eps={eps:g})"))
+    write_consistency_report(ConsistencyRun(report, eps, norm), cdir, title=f"Margin consistency ({norm}, eps={eps:g})")
     row = report.table1_row("logit_margin")
     fmt = (lambda v: "n/a" if v is None else f"{v:.2f}")
     lines = ["", "## Robustness read from the margins", "",

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
 
+from ..results.jsonio import dumps, write_json
 from ..results.provenance import atomic_write_text
 from .plotting import pyplot, save_figure
 
@@ -70,7 +70,7 @@ def _markdown(summary: Mapping[str, Any], title: str, settings: Mapping[str, Any
             lines.append(f"| {MARGIN_COLUMNS[col]} | {s['finite']}/{s['count']} | " +
                          " | ".join(_fmt(s[k]) for k in ("mean", "min", "p05", "p25", "median", "p75", "p95", "max")) + " |")
     if settings:
-        lines += ["", "## Settings", "", "```json", json.dumps(settings, indent=2, default=str), "```"]
+        lines += ["", "## Settings", "", "```json", dumps(settings), "```"]
     lines += ["", "![margin histograms](margins_hist.png)", ""]
     return "\n".join(lines)
 
@@ -100,7 +100,7 @@ def write_summary(df: pd.DataFrame, out_dir: str, title: str = "marginkit summar
     summary = summarize_table(df)
     paths = {"json": os.path.join(out_dir, "summary.json"), "markdown": os.path.join(out_dir, "summary.md"),
              "histogram": os.path.join(out_dir, "margins_hist.png")}
-    atomic_write_text(paths["json"], json.dumps({"summary": summary, "settings": settings or {}}, indent=2, default=str))
+    write_json(paths["json"], {"summary": summary, "settings": settings or {}})
     atomic_write_text(paths["markdown"], _markdown(summary, title, settings))
     plot_histograms(df, paths["histogram"])
     return paths

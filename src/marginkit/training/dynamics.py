@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -29,6 +28,7 @@ from ..checks import check_inputs, check_labels, check_logits, check_model_mode,
 from ..margins.output import pairwise_gaps
 from ..margins.affine import is_affine
 from ..norms import Norm, as_norm, batch_norm
+from ..results.jsonio import dumps
 from ..results.provenance import atomic_write_text
 
 __all__ = [
@@ -259,7 +259,7 @@ class MarginTracker:
         return pd.DataFrame([{k: v for k, v in r.items() if k != "margins"} for r in self.history])
 
     def save(self, path: str | os.PathLike) -> None:
-        atomic_write_text(os.fspath(path), json.dumps({"settings": self.settings(), "history": self.history}))
+        atomic_write_text(os.fspath(path), dumps({"settings": self.settings(), "history": self.history}, indent=None))
 
 
 # --------------------------------------------------------------------------- the linear case (section 3)
@@ -308,8 +308,8 @@ class LinearDynamics:
         return pd.DataFrame(self.curves)
 
     def to_json(self) -> str:
-        return json.dumps({"curves": self.curves, "svm": self.svm, "settings": self.settings,
-                           "margins": {str(k): v for k, v in self.margins.items()}})
+        return dumps({"curves": self.curves, "svm": self.svm, "settings": self.settings,
+                      "margins": {str(k): v for k, v in self.margins.items()}}, indent=None)
 
 
 def _log_epochs(steps: int, per_decade: int = 6) -> list[int]:
