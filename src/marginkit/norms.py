@@ -129,7 +129,7 @@ def parse_eps(value: "str | float | int | Sequence[str | float | int]") -> list[
     elif isinstance(value, str):
         items = [p for p in (t.strip() for t in value.split(",")) if p]
     else:
-        items = [value]
+        items = [value]  # type: ignore[list-item]  # a number here: str and sequences were handled above
     out = []
     for item in items:
         if isinstance(item, bool):

@@ -98,10 +98,8 @@ def eps_list(text: str, option: str) -> list[float]:
         raise typer.BadParameter(f"{option}: {exc}") from exc
 
 
-def eps_value(text: str | None, option: str) -> float | None:
-    """One radius of an option (``8/255``, ``0.5``); None stays None."""
-    if text is None:
-        return None
+def eps_value(text: str, option: str) -> float:
+    """One radius of an option (``8/255``, ``0.5``)."""
     try:
         return parse_radius(text)
     except ValueError as exc:

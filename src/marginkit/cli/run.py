@@ -35,7 +35,7 @@ def register(app: typer.Typer) -> None:
         from marginkit.training import demo_model
 
         # Bad options fail before the demo model is trained.
-        radius = eps_value(eps, "--eps")
+        radius = None if eps is None else eps_value(eps, "--eps")
         data, norm, estimator = DataRef(dataset, None, "test", limit, seed), as_norm(norm), check_estimator(input_margin)
         _, info = demo_model(arch, dataset, seed=seed, progress=True)
         console.print(f"model {info.path} (test accuracy {info.metadata.get('test_accuracy', float('nan')):.4f})")

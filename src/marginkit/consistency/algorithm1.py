@@ -232,7 +232,7 @@ def _margin_values(res: Any) -> torch.Tensor:
 
 def _default_margin_fn() -> Callable[..., Any]:
     try:
-        from ..attacks import input_margin  # type: ignore[attr-defined]
+        from ..attacks import input_margin
     except ImportError as exc:
         raise ImportError("marginkit.attacks.input_margin is not available; pass margin_fn=...") from exc
     return input_margin

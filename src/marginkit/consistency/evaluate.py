@@ -178,11 +178,13 @@ def evaluate_consistency(
         try:
             cons = margin_consistency(s, d, n_resamples=n_resamples, seed=seed)
         except DegenerateMetricError as exc:
-            cons, _ = None, msg.append(str(exc))
+            cons = None
+            msg.append(str(exc))
         try:
             binned = binned_consistency(s, d, n_bins)
         except DegenerateMetricError as exc:
-            binned, _ = None, msg.append(str(exc))
+            binned = None
+            msg.append(str(exc))
         # Labelled (robust accuracy) and unlabelled (vulnerable fraction) variants of Algorithm 1.
         algo = [algorithm1_repeats(s, d, eps, n, c, repeats=repeats, seed=seed, alphas=alphas)
                 for c in (correct, None) for n in subset_sizes if n <= len(d)]

@@ -198,7 +198,8 @@ def margin_consistency(
         d_rank[np.isinf(d)] = finite_max + 1.0
     kt = kendalltau(s, d_rank)
     sr = spearmanr(s, d_rank)
-    kci = sci = (None, None)
+    kci: tuple[float | None, float | None] = (None, None)
+    sci: tuple[float | None, float | None] = (None, None)
     if n_resamples > 0:
         rng = np.random.default_rng(seed)
         kb = bootstrap((s, d_rank), _kendall_stat, paired=True, vectorized=False, n_resamples=n_resamples,

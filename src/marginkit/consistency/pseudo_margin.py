@@ -110,7 +110,13 @@ class PseudoMargin:
     @staticmethod
     def _raw(d: np.ndarray, transform: str) -> np.ndarray:
         with np.errstate(over="ignore"):
-            return {"sqrt": np.sqrt, "log1p": np.log1p, "identity": lambda v: v}[transform](d)
+            if transform == "sqrt":
+                return np.sqrt(d)
+            if transform == "log1p":
+                return np.log1p(d)
+            if transform == "identity":
+                return d
+        raise KeyError(transform)
 
     def target(self, input_margin: Any) -> np.ndarray:
         """Training target of each input margin: monotone in d_in, in [0, 1]; inf -> 1."""

@@ -66,6 +66,7 @@ def model_consistency(
         raise ValueError(f"inputs has {inputs.shape[0]} rows but the table {len(table)}; they must be aligned")
     if (train is not None or isometry > 0) and inputs is None:
         raise ValueError("the pseudo-margin and the isometry check need the table's inputs")
+    x_eval = inputs if inputs is not None else torch.empty(0)  # only read when one of them is asked for
     tnorm = norm or (str(table["norm"].iloc[0]) if len(table) and "norm" in table else "l2")
     extra_scores: dict[str, np.ndarray] = {}
     extras: dict[str, Any] = {}
@@ -78,7 +79,7 @@ def model_consistency(
             raise ValueError("no training sample has an input margin to fit the pseudo-margin on")
         cfg = pseudo_config or PseudoMarginConfig(seed=seed)
         pm = PseudoMargin.fit_model(model, x_train[torch.as_tensor(ok)], m_train[ok], cfg, progress=progress)
-        pseudo = pm.score(model, inputs).double().cpu().numpy()
+        pseudo = pm.score(model, x_eval).double().cpu().numpy()
         extra_scores["pseudo-margin"] = pseudo
         keep = table["input_margin_upper"].notna().to_numpy()
         comp = compare_scores({"logit margin": table["logit_margin"].to_numpy()[keep], "pseudo-margin": pseudo[keep]},
@@ -98,9 +99,11 @@ def model_consistency(
     if isometry > 0:
         from ..attacks import input_margin
 
-        xi = inputs[:isometry]
+        xi = x_eval[:isometry]
         opts = {"progress": progress, **(attack_options or {})}
         res = input_margin(model, xi, None, tnorm, bounds=bounds, return_adv=True, seed=seed, **opts)
+        if res.adversarial is None:
+            raise RuntimeError("the attack engine returned no adversarial examples although return_adv=True")
         valid = torch.isfinite(res.upper) & (res.upper > 0)
         iso = local_isometry(model, xi, res.adversarial, tnorm, valid=valid)
         report.extras["isometry"] = iso.to_dict()

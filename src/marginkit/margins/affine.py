@@ -286,7 +286,8 @@ def exact_affine_margin(a: torch.Tensor, c: torch.Tensor, x: torch.Tensor, ref: 
     return margin, target
 
 
-def _prepare(model, inputs, labels, norm):
+def _prepare(model: nn.Module | tuple[torch.Tensor, torch.Tensor], inputs: torch.Tensor, labels: torch.Tensor | None,
+             norm: Norm | str) -> tuple[Norm, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     norm = as_norm(norm)
     check_inputs(inputs)
     a, c = model if isinstance(model, tuple) else affine_parameters(model, tuple(inputs.shape[1:]))

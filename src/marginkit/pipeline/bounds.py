@@ -15,7 +15,7 @@ from ..bounds import balanced_subset, compare_layerwise
 from ..data import load_dataset
 from ..models.checkpoint import load_model
 from ..results import library_versions
-from .specs import _frozen_items
+from .specs import Options, _frozen_items
 
 __all__ = ["BoundsJob", "BoundsRun", "run_bounds"]
 
@@ -33,7 +33,7 @@ class BoundsJob:
 
     models: tuple[tuple[str, str], ...] = ()
     demos: tuple[str, ...] = ()
-    demo_params: tuple[tuple[str, Any], ...] = ()
+    demo_params: Options = ()
     hidden: int = 64
     depth: int = 3
     dataset: str = "mnist5k"
@@ -81,7 +81,7 @@ def _models(job: BoundsJob) -> tuple[dict[str, nn.Module], dict[str, Any]]:
     for name, ref in job.models:
         models[name], _ = load_model(ref)
         refs[name] = ref
-    params = dict(job.demo_params)
+    params = dict(_frozen_items(job.demo_params, "demo_params"))
     for method in job.demos:
         from ..training import demo_model
 

@@ -131,7 +131,7 @@ def consistency_from_job(job: MarginJob, out: str | os.PathLike, eps: float, *,
     study = model_consistency(model, x_eval, df, eps, norm=job.norm, train=train,
                               pseudo_config=PseudoMarginConfig(source=options.pseudo_source, epochs=options.pseudo_epochs,
                                                                seed=options.seed),
-                              isometry=options.isometry, bounds=bounds, attack_options=dict(job.attack_options),
+                              isometry=options.isometry, bounds=bounds, attack_options=job.attack_kwargs(),
                               seed=options.seed, progress=progress, **options.evaluate_options())
     _finish(study.report, {"table": os.path.abspath(table_dir), "table_settings": settings}, job.model.ref, t0)
     return ConsistencyRun(study.report, float(eps), job.norm, job.model.ref, study.isometry, study.pseudo_margin)
@@ -157,7 +157,7 @@ def subset_estimate(job: MarginJob, eps: float, n: int, *, seed: int = 0, progre
     ds, x, y = load_data_ref(job.data)
     t0 = time.perf_counter()
     res = subset_estimates(model, x, y, job.norm, eps, n=n, seed=seed,
-                           margin_kwargs={"bounds": ds.bounds, "progress": progress, **dict(job.attack_options)})
+                           margin_kwargs={"bounds": ds.bounds, "progress": progress, **job.attack_kwargs()})
     total = time.perf_counter() - t0
     settings = {"model": job.model.ref, "model_fingerprint": model_fingerprint(model), "dataset": ds.name,
                 "split": job.data.split, "samples": int(x.shape[0]), "norm": job.norm, "eps": eps, "n": n, "seed": seed,

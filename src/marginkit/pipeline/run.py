@@ -23,9 +23,9 @@ def job_settings(job: MarginJob, model_fingerprint_: str, dataset_name: str, dat
         "model": job.model.ref, "model_fingerprint": model_fingerprint_, "dataset": dataset_name,
         "dataset_fingerprint": dataset_fingerprint, "split": job.data.split, "samples": int(samples),
         "norm": job.norm, "input_margin": job.estimator, "seed": job.data.seed,
-        "attack_options": dict(job.attack_options)}
+        "attack_options": job.attack_kwargs()}
     if job.verify_options:
-        settings["verify_options"] = dict(job.verify_options)
+        settings["verify_options"] = job.verify_kwargs()
     return settings
 
 
@@ -46,6 +46,6 @@ def run_margins(job: MarginJob, out: str | os.PathLike, *, overwrite: bool = Fal
 
         print(f"resuming: {len(store.done)} of {x.shape[0]} samples already in {os.fspath(out)}", file=sys.stderr)
     df = margin_table(model, x, y, job.norm, input_margin=job.estimator, bounds=ds.bounds, store=store,
-                      progress=progress, attack_options=dict(job.attack_options) or None,
-                      verify_options=dict(job.verify_options) or None)
+                      progress=progress, attack_options=job.attack_kwargs() or None,
+                      verify_options=job.verify_kwargs() or None)
     return df, settings

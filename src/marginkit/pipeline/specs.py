@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping, Union
 
 import torch
 from torch import nn
@@ -18,18 +18,22 @@ from ..models.checkpoint import Checkpoint, load_model
 from ..margins.estimators import check_estimator
 from ..norms import as_norm
 
-__all__ = ["DataRef", "MarginJob", "ModelRef", "load_data_ref", "load_model_ref"]
+__all__ = ["DataRef", "MarginJob", "ModelRef", "Options", "load_data_ref", "load_model_ref"]
 
 SPLITS = ("train", "test")
 
+OptionItems = tuple[tuple[str, Any], ...]
+# Options are given as a mapping and kept as sorted (key, value) pairs.
+Options = Union[Mapping[str, Any], OptionItems]
 
-def _frozen_items(options: Any, what: str) -> tuple[tuple[str, Any], ...]:
+
+def _frozen_items(options: Options | None, what: str) -> OptionItems:
     """A mapping as sorted (key, value) pairs, so that the spec stays hashable."""
     if options is None:
         return ()
     if isinstance(options, tuple):
         return options
-    if not isinstance(options, dict):
+    if not isinstance(options, Mapping):
         raise TypeError(f"{what} must be a dict of options, got {type(options).__name__}")
     return tuple(sorted((str(k), v) for k, v in options.items()))
 
@@ -85,8 +89,8 @@ class MarginJob:
     data: DataRef = DataRef()
     norm: str = "l2"
     estimator: str = "auto"
-    attack_options: tuple[tuple[str, Any], ...] = field(default=())
-    verify_options: tuple[tuple[str, Any], ...] = field(default=())
+    attack_options: Options = field(default=())
+    verify_options: Options = field(default=())
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, ModelRef):
@@ -97,6 +101,14 @@ class MarginJob:
         object.__setattr__(self, "estimator", check_estimator(self.estimator))
         object.__setattr__(self, "attack_options", _frozen_items(self.attack_options, "attack_options"))
         object.__setattr__(self, "verify_options", _frozen_items(self.verify_options, "verify_options"))
+
+    def attack_kwargs(self) -> dict[str, Any]:
+        """``attack_options`` as keyword arguments of the attack engine."""
+        return dict(_frozen_items(self.attack_options, "attack_options"))
+
+    def verify_kwargs(self) -> dict[str, Any]:
+        """``verify_options`` as keyword arguments of the verify package."""
+        return dict(_frozen_items(self.verify_options, "verify_options"))
 
 
 def load_model_ref(ref: ModelRef) -> tuple[nn.Module, Checkpoint]:

@@ -115,7 +115,7 @@ def plot_tracker(history: Sequence[dict[str, Any]], out_dir: str, *, prefix: str
     splits = sorted({r["split"] for r in history})
     epochs = sorted({r["epoch"] for r in history})
     by = {(r["epoch"], r["split"]): r for r in history}
-    series: dict[str, dict[str, list[float]]] = {"min": {}, "avg": {}}
+    series: dict[str, dict[str, Sequence[float]]] = {"min": {}, "avg": {}}
     for s in splits:
         series["min"][s] = [by[(e, s)]["min_margin"] if (e, s) in by else np.nan for e in epochs]
         series["avg"][s] = [by[(e, s)]["avg_margin"] if (e, s) in by else np.nan for e in epochs]

@@ -278,7 +278,7 @@ def hard_margin_svm(x: np.ndarray, s: np.ndarray, bias: bool = False) -> tuple[n
     problem.solve(solver=cp.CLARABEL)
     if problem.status not in ("optimal", "optimal_inaccurate"):
         raise ValueError(f"the hard-margin SVM is {problem.status}: the data are not linearly separable")
-    return np.asarray(w.value, dtype=np.float64), float(b.value) if bias else 0.0
+    return np.asarray(w.value, dtype=np.float64), float(b.value) if isinstance(b, cp.Variable) else 0.0  # type: ignore[arg-type]
 
 
 @dataclass
@@ -395,6 +395,8 @@ def linear_margin_dynamics(
         if t in image_epochs and t > 0:
             res = affine_input_margin(as_affine(theta), ex.reshape(ex.shape[0], -1), None, "l2", bounds=None,
                                       return_delta=True)
+            if res.delta is None:
+                raise RuntimeError("affine_input_margin returned no perturbation although return_delta=True")
             adv[t] = (ex.reshape(ex.shape[0], -1) + res.delta).reshape(ex.shape).float()
         if t == epochs:
             break

@@ -70,7 +70,8 @@ def orthogonality_penalty(model_or_layers: nn.Module | Iterable[nn.Module]) -> t
     layers = regularized_layers(model_or_layers) if isinstance(model_or_layers, nn.Module) else list(model_or_layers)
     total: Optional[torch.Tensor] = None
     for layer in layers:
-        w = layer.weight.reshape(layer.weight.shape[0], -1)
+        weight: torch.Tensor = layer.weight  # type: ignore[assignment]  # a Linear or Conv layer's Parameter
+        w = weight.reshape(weight.shape[0], -1)
         o, i = w.shape
         gram = w @ w.T if o <= i else w.T @ w
         eye = torch.eye(gram.shape[0], dtype=w.dtype, device=w.device)
