@@ -78,10 +78,10 @@ def test_estimate_margins_auto_and_mask():
     assert correct.sum() == 25 and (m[:5] == 0).all()
     assert torch.allclose(m[correct], exact[correct])
     relu = nn.Sequential(nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 4)).eval()
-    m2, _ = estimate_margins(relu, x, y, "auto", "l2", samples=4)  # falls back to the Lipschitz bound
+    m2, _ = estimate_margins(relu, x, y, "paper", "l2", samples=4)  # the paper's choice: the Lipschitz bound
     assert torch.isfinite(m2).all()
     with pytest.raises(ValueError, match="estimator"):
-        estimate_margins(model, x, y, "exact")
+        estimate_margins(model, x, y, "certify")
 
 
 def test_estimate_margins_with_the_engine_upper_bound():
@@ -110,7 +110,7 @@ def test_tracker_records_every_k_epochs(tmp_path):
             assert len(r["margins"]) == r["n_correct"]
     assert "train_avg_margin" in res.history[1] and "train_avg_margin" not in res.history[2]
     saved = json.loads((tmp_path / "m.json").read_text())
-    assert len(saved["history"]) == len(tracker.history) and saved["settings"]["estimator"] == "auto"
+    assert len(saved["history"]) == len(tracker.history) and saved["settings"]["estimator"] == "paper"
     assert set(tracker.frame().columns) >= {"epoch", "split", "min_margin", "avg_margin"}
 
 

@@ -23,7 +23,8 @@ def register(app: typer.Typer) -> None:
         epochs: int = typer.Option(None, help="epochs (logreg default 20000 GD steps; mlp/cnn: the preset's)"),
         every: int = typer.Option(1, help="mlp/cnn: record margins every k epochs (epoch 0 included)"),
         subset: int = typer.Option(500, help="mlp/cnn: size of the fixed train and test subsets"),
-        estimator: str = typer.Option("auto", help="auto | affine | lipschitz (Theorem 3) | attack (engine upper bound)"),
+        estimator: str = typer.Option("paper", help="paper (exact for affine models, else lipschitz) | lipschitz (Theorem 3) | "
+                                      "exact (affine models) | attack (engine upper bound) | auto (exact for affine, else attack)"),
         norm: str = typer.Option("l2", help="l1 | l2 | linf"),
         radius: float = typer.Option(5.0, help="Theorem 3 ball radius r"),
         samples: int = typer.Option(64, help="points sampled per input to estimate the local Lipschitz constants"),

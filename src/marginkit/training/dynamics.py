@@ -27,6 +27,7 @@ from ..attacks.pgd import random_ball
 from ..checks import check_inputs, check_labels, check_logits, check_model_mode, model_device
 from ..margins.output import pairwise_gaps
 from ..margins.affine import is_affine
+from ..margins.estimators import check_estimator, resolve_estimator
 from ..norms import Norm, as_norm, batch_norm
 from ..results.jsonio import dumps
 from ..results.provenance import atomic_write_text
@@ -42,7 +43,16 @@ __all__ = [
     "hard_margin_svm",
 ]
 
-ESTIMATORS = ("auto", "affine", "lipschitz", "attack")
+# The package's names (marginkit.margins.estimators: auto = exact for affine models, else attack) plus
+# the Theorem 3 estimate and "paper", the paper's choice: exact for affine models, else lipschitz.
+ESTIMATORS = ("auto", "exact", "attack", "lipschitz", "paper")
+
+
+def _resolve(estimator: str, model: nn.Module, input_shape: tuple[int, ...]) -> str:
+    name = check_estimator(estimator, ESTIMATORS)
+    if name == "paper":
+        return "exact" if is_affine(model, input_shape) else "lipschitz"
+    return resolve_estimator(name, model, input_shape) if name == "auto" else name
 
 
 @dataclass
@@ -128,7 +138,7 @@ def estimate_margins(
     model: nn.Module,
     inputs: torch.Tensor,
     labels: torch.Tensor,
-    estimator: str = "auto",
+    estimator: str = "paper",
     norm: Norm | str = "l2",
     *,
     bounds: tuple[float, float] | None = None,
@@ -139,23 +149,22 @@ def estimate_margins(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Input margins w.r.t. ``labels`` and the mask of correctly classified samples, both (N,).
 
-    ``estimator``: ``"affine"`` exact (``marginkit.margins.affine_input_margin``), ``"lipschitz"`` the
-    Theorem 3 lower bound, ``"attack"`` the input-margin engine's upper bound (``inf`` where it failed),
-    ``"auto"`` affine when the model is affine, else lipschitz (the paper's choice). ``bounds`` is the
+    ``estimator``: ``"exact"`` (affine models: ``marginkit.margins.affine_input_margin``), ``"lipschitz"``
+    the Theorem 3 lower bound, ``"attack"`` the input-margin engine's upper bound (``inf`` where it
+    failed), ``"auto"`` as everywhere in the package (exact for affine models, else attack) and
+    ``"paper"`` the paper's choice (exact for affine models, else lipschitz). ``bounds`` is the
     input box (None: the whole space, as in the paper's closed forms; the engine needs a box and
     uses (0, 1) then). Margins of misclassified samples are returned as 0; use the mask.
     """
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"unknown margin estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
+    check_estimator(estimator, ESTIMATORS)
     check_inputs(inputs)
     device = model_device(model)
     with torch.no_grad():
         logits = check_logits(model(inputs.to(device)), inputs.shape[0])
     labels = check_labels(labels, inputs.shape[0], logits.shape[1]).to(device)
     correct = (logits.argmax(1) == labels).cpu()
-    if estimator == "auto":
-        estimator = "affine" if is_affine(model, tuple(inputs.shape[1:])) else "lipschitz"
-    if estimator == "affine":
+    estimator = _resolve(estimator, model, tuple(inputs.shape[1:]))
+    if estimator == "exact":
         from ..margins import affine_input_margin
 
         margin = affine_input_margin(model, inputs, labels, norm, bounds=bounds).margin
@@ -190,11 +199,10 @@ class MarginTracker:
     """
 
     def __init__(self, splits: dict[str, tuple[torch.Tensor, torch.Tensor]], *, every: int = 1,
-                 at: Iterable[int] = (), estimator: str = "auto", norm: Norm | str = "l2",
+                 at: Iterable[int] = (), estimator: str = "paper", norm: Norm | str = "l2",
                  bounds: tuple[float, float] | None = None, radius: float = 5.0, samples: int = 128, seed: int = 0,
                  engine_options: dict[str, Any] | None = None, path: str | os.PathLike | None = None) -> None:
-        if estimator not in ESTIMATORS:
-            raise ValueError(f"unknown margin estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
+        estimator = check_estimator(estimator, ESTIMATORS)
         if every < 0:
             raise ValueError(f"every must be >= 0, got {every}")
         self.splits = splits
@@ -225,9 +233,7 @@ class MarginTracker:
         try:
             for name, (x, y) in self.splits.items():
                 t0 = time.perf_counter()
-                est = self.estimator
-                if est == "auto":
-                    est = "affine" if is_affine(model, tuple(x.shape[1:])) else "lipschitz"
+                est = _resolve(self.estimator, model, tuple(x.shape[1:]))
                 margin, correct = estimate_margins(model, x, y, est, self.norm, bounds=self.bounds,
                                                    radius=self.radius, samples=self.samples, seed=self.seed,
                                                    engine_options=self.engine_options)

@@ -109,7 +109,7 @@ def pgd_robust_accuracy(
         from .dynamics import estimate_margins
 
         est = resolve_estimator(check_estimator(margins, ("auto", "exact", "attack")), model, tuple(inputs.shape[1:]))
-        margin_tensor, _ = estimate_margins(model, inputs, labels, "affine" if est == "exact" else est, norm,
+        margin_tensor, _ = estimate_margins(model, inputs, labels, est, norm,
                                             bounds=bounds or (0.0, 1.0), seed=seed, engine_options=engine_options)
         source = est
     import pandas as pd
