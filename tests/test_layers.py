@@ -10,6 +10,7 @@ a foundation module may import only those listed before it in :data:`FOUNDATION_
 from __future__ import annotations
 
 import ast
+import functools
 import os
 from pathlib import Path
 
@@ -52,6 +53,7 @@ def _module_name(path: Path, src: Path) -> str:
     return ".".join(parts)
 
 
+@functools.lru_cache(maxsize=None)
 def _imports(path: Path, src: Path) -> list[tuple[int, str]]:
     """(line, absolute module name) of every import in ``path``, at any depth of the syntax tree."""
     tree = ast.parse(path.read_text(), filename=str(path))

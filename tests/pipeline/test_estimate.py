@@ -47,8 +47,9 @@ def test_certify_brackets_the_attack_upper_bound(monkeypatch, tiny):
     model, x, y = tiny
     calls = []
     monkeypatch.setitem(sys.modules, "marginkit.verify", _fake_verify(calls))
-    att = margin_table(model, x, y, "l2", input_margin="attack", attack_options={"seed": 0})
-    df = margin_table(model, x, y, "l2", input_margin="certify", attack_options={"seed": 0}, verify_options={"k": 1})
+    opts = {"seed": 0, "budget": 60}
+    att = margin_table(model, x, y, "l2", input_margin="attack", attack_options=opts)
+    df = margin_table(model, x, y, "l2", input_margin="certify", attack_options=opts, verify_options={"k": 1})
     assert [c[0] for c in calls] == ["certify"] and calls[0][3] == {"k": 1} and calls[0][2] == (0.0, 1.0)
     np.testing.assert_allclose(calls[0][1].numpy(), att["input_margin_upper"].to_numpy())
     np.testing.assert_allclose(df["input_margin_lower"], df["input_margin_upper"] / 2)
@@ -60,7 +61,8 @@ def test_exact_on_a_network_calls_the_milp_with_a_time_limit(monkeypatch, tiny):
     model, x, y = tiny
     calls = []
     monkeypatch.setitem(sys.modules, "marginkit.verify", _fake_verify(calls))
-    df = margin_table(model, x, y, "linf", input_margin="exact", verify_options={"time_limit": 3.0})
+    df = margin_table(model, x, y, "linf", input_margin="exact", attack_options={"budget": 60},
+                      verify_options={"time_limit": 3.0})
     assert calls[0][0] == "exact" and calls[0][2] == 3.0 and calls[0][3] == {}
     np.testing.assert_allclose(df["input_margin_lower"], df["input_margin_upper"])
     assert set(df["status"]) == {EXACT} and set(df["method"]) == {"fake-milp"}
@@ -82,4 +84,4 @@ def test_a_verifier_with_an_unknown_status_is_refused(monkeypatch, tiny):
 
     monkeypatch.setitem(sys.modules, "marginkit.verify", types.SimpleNamespace(certify=certify))
     with pytest.raises(ValueError, match="unknown status"):
-        margin_table(model, x, y, "l2", input_margin="certify")
+        margin_table(model, x, y, "l2", input_margin="certify", attack_options={"budget": 60})

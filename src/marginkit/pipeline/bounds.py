@@ -11,7 +11,6 @@ from typing import Any
 import pandas as pd
 from torch import nn
 
-from ..bounds import balanced_subset, compare_layerwise
 from ..data import load_dataset
 from ..models.checkpoint import load_model
 from ..results import library_versions
@@ -98,6 +97,8 @@ def _models(job: BoundsJob) -> tuple[dict[str, nn.Module], dict[str, Any]]:
 def run_bounds(job: BoundsJob, *, checkpoint_dir: str | os.PathLike | None = None, progress: bool = True) -> BoundsRun:
     """Lower bounds on the robust 0-1 / cross-entropy loss of any classifier trained on each layer of
     every model of ``job``. With ``checkpoint_dir`` finished layers are saved there and reused by a rerun."""
+    from ..bounds import balanced_subset, compare_layerwise  # cone solvers load slowly: only when bounds run
+
     t0 = time.perf_counter()
     ds = load_dataset(job.dataset, classes=job.classes, seed=job.seed)
     models, refs = _models(job)
