@@ -33,8 +33,6 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Track min / average margin over training and plot curves, histograms (and, for logreg, the
         adversarial examples of eq. 7 and the hard-margin SVM reference)."""
-        import torch
-
         from marginkit.report.dynamics_plots import plot_linear_dynamics, plot_tracker
         from marginkit.results import library_versions
         from marginkit.results.jsonio import write_json
@@ -55,30 +53,21 @@ def register(app: typer.Typer) -> None:
                           f"train avg margin {res.svm['train_avg_margin']:.4f}; cosine(w_GD, w_SVM) = "
                           f"{res.svm['cosine_to_final_lr']:.4f}")
         else:
-            from marginkit.data import load_dataset
-            from marginkit.training.dynamics import MarginTracker
-            from marginkit.training.presets import get_preset, train_preset
+            from marginkit.pipeline import track_margins
+            from marginkit.training.presets import get_preset
 
             name = preset or f"cpu-mnist-{arch}-std"
-            p = get_preset(name)
-            if p.arch != arch:
-                raise ValueError(f"preset {name!r} trains a {p.arch}, not a {arch}")
+            if get_preset(name).arch != arch:
+                raise ValueError(f"preset {name!r} trains a {get_preset(name).arch}, not a {arch}")
             out_dir = out or os.path.join("runs", "dynamics", name)
-            ds = load_dataset(dataset, seed=seed)
-            g = torch.Generator().manual_seed(seed)
-            tr = torch.randperm(ds.x_train.shape[0], generator=g)[:subset]
-            te = torch.randperm(ds.x_test.shape[0], generator=g)[:subset]
-            tracker = MarginTracker({"train": (ds.x_train[tr], ds.y_train[tr]), "test": (ds.x_test[te], ds.y_test[te])},
-                                    every=every, estimator=estimator, norm=norm, radius=radius, samples=samples,
-                                    seed=seed, path=os.path.join(out_dir, "dynamics.json"))
-            over = {} if epochs is None else {"epochs": epochs}
-            result, _, _ = train_preset(name, dataset, seed=seed, callbacks=[tracker], progress=True, **over)
+            run = track_margins(name, dataset, subset=subset, every=every, estimator=estimator, norm=norm, radius=radius,
+                                samples=samples, seed=seed, epochs=epochs, path=os.path.join(out_dir, "dynamics.json"))
+            tracker = run.tracker
             used = sorted({r["estimator"] for r in tracker.history})
             plots = plot_tracker(tracker.history, out_dir, title=f"{name} ({', '.join(used)} margins, {norm})")
             write_json(os.path.join(out_dir, "dynamics.json"),
-                       {"settings": {**tracker.settings(), "preset": name, "dataset": dataset, "train": result.settings},
-                        "history": tracker.history, "train_history": result.history, "versions": library_versions()},
-                       indent=None)
+                       {"settings": run.settings, "history": tracker.history, "train_history": run.result.history,
+                        "versions": library_versions()}, indent=None)
             typer.echo(tracker.frame()[["epoch", "split", "accuracy", "min_margin", "avg_margin",
                                            "median_margin"]].to_string(index=False))
         for k, v in plots.items():

@@ -2,7 +2,8 @@
 from Python. Specs are frozen data (:mod:`.specs`); the runner loads model and data, computes the
 per-sample table resumably and records provenance (:mod:`.run`, :mod:`.table`); the estimator dispatch
 (:mod:`.estimate`) is the one place where an estimator name becomes code; analyses are assembled for
-the report writers of :mod:`marginkit.report` (:mod:`.consistency`, :mod:`.bounds`).
+the report writers of :mod:`marginkit.report` (:mod:`.consistency`, :mod:`.bounds`); training runs
+(:mod:`.train`).
 """
 
 from .bounds import BoundsJob, BoundsRun, run_bounds
@@ -19,6 +20,7 @@ from .estimate import EstimatorUnavailable, input_margin_columns, verify_functio
 from .run import job_settings, run_margins
 from .specs import DataRef, MarginJob, ModelRef, load_data_ref, load_model_ref
 from .table import INPUT_MARGIN_MODES, margin_table
+from .train import TrackedTraining, TrainJob, track_margins, train_checkpoint
 
 __all__ = [
     "BoundsJob",
@@ -31,6 +33,8 @@ __all__ = [
     "MarginJob",
     "ModelRef",
     "SubsetEstimate",
+    "TrackedTraining",
+    "TrainJob",
     "consistency_from_job",
     "consistency_from_table",
     "eps_grid",
@@ -42,5 +46,7 @@ __all__ = [
     "run_bounds",
     "run_margins",
     "subset_estimate",
+    "track_margins",
+    "train_checkpoint",
     "verify_function",
 ]
