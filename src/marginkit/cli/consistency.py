@@ -39,6 +39,7 @@ def register(app: typer.Typer) -> None:
         estimate_only: int = typer.Option(0, help="Algorithm 1 only: attack N random samples, estimate robust accuracy "
                                                   "and vulnerable fraction of the whole split from logit margins (no table)"),
         attack_param: list[str] = typer.Option(None, "--attack-param", help="input-margin engine option key=value (repeatable)"),
+        verify_param: list[str] = typer.Option(None, "--verify-param", help="certify / exact option key=value (repeatable)"),
         seed: int = typer.Option(0, help="seed of the split, attacks, subsets and bootstrap"),
         out: str = typer.Option(..., help="output directory"),
         overwrite: bool = typer.Option(False, help="recompute tables in --out instead of resuming them"),
@@ -67,7 +68,8 @@ def register(app: typer.Typer) -> None:
         else:
             job = pipeline.MarginJob(pipeline.ModelRef(model, weights),
                                      pipeline.DataRef(dataset, parse_classes(classes), split, limit, seed),
-                                     norm or "l2", input_margin, attack_options=parse_params(attack_param))
+                                     norm or "l2", input_margin, attack_options=parse_params(attack_param),
+                                     verify_options=parse_params(verify_param))
             os.makedirs(out, exist_ok=True)
             if estimate_only > 0:
                 console.print(f"Algorithm 1: forward pass over the split, input margins ({job.norm}) of {estimate_only} samples")
