@@ -15,12 +15,12 @@ from .table import margin_table
 __all__ = ["job_settings", "run_margins"]
 
 
-def job_settings(job: MarginJob, model_fingerprint_: str, dataset_name: str, dataset_fingerprint: str,
+def job_settings(job: MarginJob, fingerprint: str, dataset_name: str, dataset_fingerprint: str,
                  samples: int) -> dict[str, Any]:
     """The settings a table records (and a resumed run must match): what was run on what. Weights and
     classes are covered by the model and data fingerprints."""
     settings: dict[str, Any] = {
-        "model": job.model.ref, "model_fingerprint": model_fingerprint_, "dataset": dataset_name,
+        "model": job.model.ref, "model_fingerprint": fingerprint, "dataset": dataset_name,
         "dataset_fingerprint": dataset_fingerprint, "split": job.data.split, "samples": int(samples),
         "norm": job.norm, "input_margin": job.estimator, "seed": job.data.seed,
         "attack_options": job.attack_kwargs()}
