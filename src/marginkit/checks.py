@@ -56,10 +56,13 @@ class OutputFolderError(OSError):
 def one_line(exc: BaseException, limit: int = 200) -> str:
     """The first line of ``exc``'s message, shortened: for quoting a library's error inside ours."""
     text = str(exc).strip().replace("\x1b[1m", "").replace("\x1b[0m", "")
-    first = text.splitlines()[0].strip() if text else type(exc).__name__
-    if isinstance(exc, KeyError) and first.startswith("'"):
-        first = f"KeyError {first}"
+    first = text.splitlines()[0].strip() if text else ""
+    if len(first) > limit and ". " in first[:limit]:
+        first = first[: first.index(". ") + 1]
+    if len(first) < 30:  # a bare KeyError '101' or errno says little without its type
+        first = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
     return first if len(first) <= limit else first[: limit - 3].rstrip() + "..."
+
 
 
 def model_device(model: nn.Module) -> torch.device:
