@@ -51,12 +51,17 @@ class ModelCheck:
         return self.feature_margin_reason is None
 
 
-def _first_layer_hint(model: nn.Module) -> str:
+def _first_layer_hint(model: nn.Module, data_shape: tuple[int, ...]) -> str:
+    """What the model's first layer expects, when that visibly differs from the data's sample shape."""
     for name, m in model.named_modules():
         if isinstance(m, nn.Linear):
-            return f"its first layer {name or 'the model'} (Linear) takes {m.in_features} values per sample"
+            if m.in_features not in (math.prod(data_shape), data_shape[-1] if data_shape else 1):
+                return f"its first layer {name or 'the model'} (Linear) takes {m.in_features} values per sample"
+            return ""
         if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            return f"its first layer {name or 'the model'} ({type(m).__name__}) takes {m.in_channels} input channels"
+            if not data_shape or data_shape[0] != m.in_channels:
+                return f"its first layer {name or 'the model'} ({type(m).__name__}) takes {m.in_channels} input channels"
+            return ""
     return ""
 
 
@@ -81,11 +86,15 @@ def _forward(model: nn.Module, x: torch.Tensor, data_shape: tuple[int, ...]) -> 
     except InputError:
         raise
     except Exception as exc:
-        hint = _first_layer_hint(model)
-        raise InputError(f"the model cannot take the data's inputs of shape {_shape_text(data_shape)} "
-                         f"({math.prod(data_shape)} values per sample){': ' + hint if hint else ''} "
-                         f"[{type(exc).__name__}: {one_line(exc, 150)}]; give data of the shape the model was built "
-                         "for, or a model built for this data") from exc
+        cause = f"[{type(exc).__name__}: {one_line(exc, 150)}]"
+        hint = _first_layer_hint(model, data_shape)
+        if hint:
+            raise InputError(f"the model cannot take the data's inputs of shape {_shape_text(data_shape)} "
+                             f"({math.prod(data_shape)} values per sample): {hint} {cause}; give data of the shape "
+                             "the model was built for, or a model built for this data") from exc
+        mode = " (it is in train mode: call model.eval())" if model.training else ""
+        raise InputError(f"the model fails on a batch of {x.shape[0]} input(s) of shape {_shape_text(data_shape)}{mode} "
+                         f"{cause}; check that the data has the shape the model was built for") from exc
 
 
 def _as_logits(out: Any, n: int) -> torch.Tensor:
@@ -173,7 +182,12 @@ def validate_model(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor 
                          f"likely cause: {cause}; margins of a random function are meaningless; make forward() "
                          "deterministic, or pass allow_stochastic=True (CLI --allow-stochastic) to go on anyway")
     if deterministic and n > 1:
-        single = _as_logits(_forward(model, probe[:1], data_shape), 1)
+        try:
+            single = _as_logits(_forward(model, probe[:1], data_shape), 1)
+        except InputError as exc:
+            raise InputError(f"the model runs on a batch of {n} samples but fails on a single one, so its output "
+                             "depends on the batch (batch norm in train mode or without running statistics? call "
+                             "model.eval()); margins need a per-sample function") from exc
         if not _tol(out[:1], single, 1e-4):
             raise InputError("the model's output for a sample depends on the other samples in its batch (batch norm "
                              "in train mode? call model.eval()); margins need a per-sample function")

@@ -193,7 +193,7 @@ def _prepare_directory(directory: str) -> bool:
     created = not os.path.exists(directory)
     try:
         os.makedirs(directory, exist_ok=True)
-    except FileExistsError:
+    except (FileExistsError, NotADirectoryError):
         raise OutputFolderError(f"output folder {directory}: a parent of it is a file; choose another output folder") from None
     except OSError as exc:
         raise OutputFolderError(f"cannot create output folder {directory} ({exc.strerror}); choose a writable "
