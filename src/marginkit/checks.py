@@ -59,7 +59,7 @@ def one_line(exc: BaseException, limit: int = 200) -> str:
     first = text.splitlines()[0].strip() if text else ""
     if len(first) > limit and ". " in first[:limit]:
         first = first[: first.index(". ") + 1]
-    if len(first) < 30:  # a bare KeyError '101' or errno says little without its type
+    if len(first) < 20:  # a bare KeyError '101' or errno says little without its type
         first = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
     return first if len(first) <= limit else first[: limit - 3].rstrip() + "..."
 
