@@ -37,17 +37,32 @@ def test_live_lock_refuses_a_second_run_even_with_overwrite(tmp_path):
         store.append(_rows([0, 1]))
         info = json.loads((tmp_path / LOCK_NAME).read_text())
         assert info["pid"] == os.getpid() and info["hostname"] == socket.gethostname()
-        for resume in (True, False):
-            with pytest.raises(OutputFolderError, match="is in use by .*choose another output folder"):
-                ResultsStore(tmp_path, {"a": 2}, resume=resume)
-        assert store.done == {0, 1}  # the refused overwrite cleared nothing
     assert not (tmp_path / LOCK_NAME).exists()
-    _write_lock(tmp_path, os.getppid())  # a live process of this machine (our parent)
-    with pytest.raises(OutputFolderError, match=f"process {os.getppid()} on"):
-        ResultsStore(tmp_path, {"a": 1})
+    _write_lock(tmp_path, os.getppid())  # a live run of another process of this machine (our parent)
+    for resume in (True, False):
+        with pytest.raises(OutputFolderError, match=f"is in use by process {os.getppid()} on .*choose another output"):
+            ResultsStore(tmp_path, {"a": 2}, resume=resume)
+    assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getppid()  # left as it was
+    (tmp_path / LOCK_NAME).unlink()
+    with ResultsStore(tmp_path, {"a": 1}) as resumed:
+        assert resumed.done == {0, 1}  # the refused overwrite cleared nothing
     _write_lock(tmp_path, 1, host="elsewhere.invalid")  # cannot be checked: assumed live
     with pytest.raises(OutputFolderError, match="elsewhere.invalid.*delete .*marginkit.lock"):
         ResultsStore(tmp_path, {"a": 1})
+
+
+def test_a_second_store_of_the_same_process_closes_the_first(tmp_path):
+    first = ResultsStore(tmp_path, {"a": 1})
+    first.append(_rows([0]))
+    with pytest.warns(MarginkitWarning, match="earlier results store of this process"):
+        second = ResultsStore(tmp_path, {"a": 1})
+    with pytest.raises(OutputFolderError, match="newer one of this process"):
+        first.append(_rows([1]))
+    del first  # collecting the closed store must not remove the second store's lock
+    assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
+    second.append(_rows([1]))
+    assert second.finalize()["index"].tolist() == [0, 1]
+    second.close()
 
 
 def test_stale_lock_is_taken_over_with_a_warning(tmp_path):

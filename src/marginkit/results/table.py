@@ -185,6 +185,10 @@ def _same_value(old: Any, new: Any, old_cwd: str | None) -> bool:
     return False
 
 
+# Stores of this process by resolved folder: a second store on a folder supersedes the first.
+_OPEN_STORES: dict[str, "weakref.ref[ResultsStore]"] = {}
+
+
 def _prepare_directory(directory: str) -> bool:
     """Create ``directory`` (and parents) if needed; returns whether it was created. One-line errors for
     a path that is a file or a folder that cannot be written."""
@@ -207,9 +211,11 @@ def _prepare_directory(directory: str) -> bool:
 class ResultsStore:
     """Resumable, atomic, locked writer of one results table (see module docstring).
 
-    While a store is open its folder holds ``marginkit.lock`` (pid, hostname): a second store on the
-    same folder, with or without ``resume=False``, fails with :class:`~marginkit.checks.OutputFolderError`
-    instead of racing it. The lock goes with :meth:`close` (``with ResultsStore(...) as store:``), when the
+    While a store is open its folder holds ``marginkit.lock`` (pid, hostname): a store of another
+    process on the same folder, with or without ``resume=False``, fails with
+    :class:`~marginkit.checks.OutputFolderError` instead of racing it. A second store of the same process
+    (a rerun in a notebook after an error) closes the first one with a warning; the first then refuses
+    to write. The lock goes with :meth:`close` (``with ResultsStore(...) as store:``), when the
     store is garbage collected or when the process exits; a lock of a killed process is detected as
     stale and taken over with a warning.
 
@@ -232,8 +238,20 @@ class ResultsStore:
         self.settings = json.loads(json.dumps(dict(settings), default=str))
         self.inputs = {k: _describe_input(v) for k, v in (inputs or {}).items()}
         self._created_dir = _prepare_directory(self.directory)
+        self._superseded = False
+        key = os.path.realpath(self.directory)
+        earlier = _OPEN_STORES.get(key)
+        earlier_store = earlier() if earlier is not None else None
+        if earlier_store is not None and earlier_store._lock_path:
+            # The same process opens the folder again (a notebook cell rerun after an error, a retried call):
+            # the earlier store is closed for writing instead of blocking the folder until it is collected.
+            warnings.warn(f"an earlier results store of this process on {self.directory} was still open; it is closed "
+                          "now (use `with ResultsStore(...)` to close stores when a run ends)", MarginkitWarning,
+                          stacklevel=2)
+            earlier_store._supersede()
         self._lock_path: str | None = acquire_lock(self.directory)
         self._release = weakref.finalize(self, release_lock, self._lock_path)
+        _OPEN_STORES[key] = weakref.ref(self)
         self._written = False
         try:
             self._open(resume)
@@ -275,6 +293,15 @@ class ResultsStore:
             raise InputError(f"{self.directory} holds results for other contents of input(s) {', '.join(changed)} "
                              "(the files changed since); choose another output folder or overwrite it")
 
+    def _supersede(self) -> None:
+        self._superseded = True
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._superseded:
+            raise OutputFolderError(f"this results store of {self.directory} was closed because a newer one of this "
+                                    "process opened the folder; write through the newer store")
+
     def __enter__(self) -> "ResultsStore":
         return self
 
@@ -304,6 +331,7 @@ class ResultsStore:
                                   "choose another output folder") from exc
 
     def _write_meta(self) -> None:
+        self._check_open()
         self._written = True
         atomic_write_text(self.meta_path, json.dumps(self.meta, indent=2, default=str))
 
@@ -335,6 +363,7 @@ class ResultsStore:
 
     def append(self, rows: Mapping[str, Any] | pd.DataFrame) -> int:
         """Write the rows whose index is not written yet as one atomic part; returns how many were new."""
+        self._check_open()
         table = _to_table(rows)
         idx = np.asarray(table.column("index").to_numpy(), dtype=np.int64)
         if len(np.unique(idx)) != len(idx):
@@ -357,6 +386,7 @@ class ResultsStore:
 
         The lock is kept (a summary may still be written next to the table) until :meth:`close`.
         """
+        self._check_open()
         files = self._part_files()
         if files:
             table = pa.concat_tables([pq.read_table(f) for f in files], promote_options="default")
