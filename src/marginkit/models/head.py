@@ -19,7 +19,8 @@ Models that are not ``nn.Sequential`` opt in with a hook: a method ``marginkit_s
         def marginkit_split(self):
             return self.body, self.head
 
-:func:`head_split_or_reason` says in one sentence why a model has no split (compiled TorchScript or
+A TorchScript file of an ``nn.Sequential`` ending in ``nn.Linear`` is split the same way.
+:func:`head_split_or_reason` says in one sentence why a model has no split (other TorchScript or
 ``torch.export`` models, a last layer that is not linear, no hook) so that reports can show it;
 :func:`marginkit.models.validate_model` checks a hook numerically.
 """
@@ -81,8 +82,12 @@ def head_split_or_reason(model: nn.Module) -> tuple[HeadSplit | None, str | None
                       "softmax? the model must return logits); end it with the linear head or add a marginkit_split() "
                       "method")
     if isinstance(model, torch.jit.ScriptModule):
-        return None, ("a TorchScript model is compiled, so its linear head cannot be split off; load the original "
-                      "nn.Module with module:factory and weights to get feature margins")
+        split = _scripted_sequential_split(model)
+        if split is not None:
+            return split, None
+        return None, ("a TorchScript model other than a scripted nn.Sequential ending in nn.Linear is compiled as a "
+                      "whole, so its linear head cannot be split off; load the original nn.Module with module:factory "
+                      "and weights to get feature margins")
     if isinstance(model, ExportedModel):
         return None, ("a torch.export program is one compiled graph without layers to split; load the original "
                       "nn.Module with module:factory and weights to get feature margins")
@@ -93,11 +98,32 @@ def head_split_or_reason(model: nn.Module) -> tuple[HeadSplit | None, str | None
                   "def marginkit_split(self): return (feature_extractor, linear_head)")
 
 
+def _scripted_sequential_split(model: torch.jit.ScriptModule) -> HeadSplit | None:
+    """The split of a scripted or traced ``nn.Sequential`` whose last layer is an ``nn.Linear``: its compiled
+    children before the head, and an ``nn.Linear`` sharing the head's weight and bias tensors."""
+    children = list(model.named_children())
+    if getattr(model, "original_name", "") != "Sequential" or not children:
+        return None
+    last = children[-1][1]
+    if getattr(last, "original_name", "") != "Linear":
+        return None
+    weight = getattr(last, "weight", None)
+    bias = getattr(last, "bias", None)
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        return None
+    head = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device, dtype=weight.dtype)
+    head.weight = nn.Parameter(weight, requires_grad=weight.requires_grad)  # shares the scripted tensor's storage
+    if bias is not None:
+        head.bias = nn.Parameter(bias, requires_grad=bias.requires_grad)
+    features = nn.Sequential(OrderedDict(children[:-1])) if len(children) > 1 else nn.Sequential(nn.Identity())
+    return HeadSplit(features, head)
+
+
 def split_head(model: nn.Module) -> HeadSplit:
     """Return the feature extractor h and the final linear head of ``model``.
 
     ``nn.Sequential`` models whose last module is an ``nn.Linear`` are split automatically (h is
-    everything before it, the identity for a linear model). Other models implement
+    everything before it, the identity for a linear model), also when scripted or traced to TorchScript. Other models implement
     ``marginkit_split()``; anything else raises a ``TypeError`` that says why and how to add the hook.
     """
     split, reason = head_split_or_reason(model)
