@@ -51,3 +51,15 @@ def test_probabilities_detected():
 def test_box():
     with pytest.raises(ValueError, match="outside the bounds"):
         check_box(torch.tensor([[1.5]]), (0.0, 1.0))
+
+
+def test_error_classes_and_one_line():
+    from marginkit.checks import FileFormatError, InputError, OutputFolderError, one_line
+
+    assert issubclass(FileFormatError, InputError) and issubclass(InputError, ValueError)
+    assert issubclass(OutputFolderError, OSError) and str(OutputFolderError("folder x is a file")) == "folder x is a file"
+    assert one_line(RuntimeError("the first line, long enough\nsecond line")) == "the first line, long enough"
+    assert one_line(KeyError(101)) == "KeyError: 101"
+    long = RuntimeError("A" * 50 + ". " + "b" * 300)
+    assert one_line(long, limit=80) == "A" * 50 + "."
+    assert len(one_line(RuntimeError("c" * 500), limit=80)) == 80

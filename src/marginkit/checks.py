@@ -3,6 +3,12 @@
 Errors (``ValueError``/``TypeError``) are raised for inputs that would make a result wrong; warnings
 (:class:`MarginkitWarning`) for settings that usually make a robustness evaluation misleading
 (train mode, softmax outputs, inputs outside the box).
+
+User-facing errors are one line that names the file or tensor at fault and says how to fix it, so that
+any front end can print ``str(exc)`` as is. Their classes let a front end tell them apart from bugs:
+:class:`InputError` (a ``ValueError``: bad data, model or option), :class:`FileFormatError` (an
+``InputError``: a file that exists but cannot be read as what it should be) and
+:class:`OutputFolderError` (an ``OSError``: an output folder that cannot be used).
 """
 
 from __future__ import annotations
@@ -13,7 +19,11 @@ import torch
 from torch import nn
 
 __all__ = [
+    "FileFormatError",
+    "InputError",
     "MarginkitWarning",
+    "OutputFolderError",
+    "one_line",
     "check_inputs",
     "check_labels",
     "check_logits",
@@ -28,12 +38,39 @@ class MarginkitWarning(UserWarning):
     """A setting that usually makes a robustness evaluation misleading."""
 
 
+class InputError(ValueError):
+    """Bad input (data, model, option): the message names it and the fix, on one line."""
+
+
+class FileFormatError(InputError):
+    """A file that exists but cannot be read as what it is meant to be (corrupt, truncated, wrong kind)."""
+
+
+class OutputFolderError(OSError):
+    """An output folder that cannot be used: a file, read-only, or locked by a live run."""
+
+    def __str__(self) -> str:  # OSError(errno, msg) would print "[Errno n] msg"; keep the plain message
+        return str(self.args[0]) if self.args else ""
+
+
+def one_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of ``exc``'s message, shortened: for quoting a library's error inside ours."""
+    text = str(exc).strip().replace("\x1b[1m", "").replace("\x1b[0m", "")
+    first = text.splitlines()[0].strip() if text else ""
+    if len(first) > limit and ". " in first[:limit]:
+        first = first[: first.index(". ") + 1]
+    if len(first) < 20:  # a bare KeyError '101' or errno says little without its type
+        first = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    return first if len(first) <= limit else first[: limit - 3].rstrip() + "..."
+
+
+
 def model_device(model: nn.Module) -> torch.device:
     """Device of the model's first parameter or buffer (CPU for a parameter-free model)."""
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
     return torch.device("cpu")
 
 

@@ -25,7 +25,8 @@ def test_interrupted_run_resumes_without_duplicates(tmp_path):
     store = ResultsStore(tmp_path, settings)
     store.append(_rows(range(0, 10)))
     store.append(_rows(range(10, 15)))
-    # "crash" here: no finalize. A new process opens the same directory.
+    # "crash" here: no finalize; the process ends (its lock goes). A new process opens the same directory.
+    store.close()
     again = ResultsStore(tmp_path, settings)
     assert again.done == set(range(15))
     todo = again.pending(range(30))
@@ -40,7 +41,8 @@ def test_interrupted_run_resumes_without_duplicates(tmp_path):
 
 
 def test_different_settings_are_refused_and_overwrite_clears(tmp_path):
-    ResultsStore(tmp_path, {"norm": "l2"}).append(_rows([0, 1]))
+    with ResultsStore(tmp_path, {"norm": "l2"}) as first:
+        first.append(_rows([0, 1]))
     with pytest.raises(ValueError, match="differs in: norm"):
         ResultsStore(tmp_path, {"norm": "linf"})
     fresh = ResultsStore(tmp_path, {"norm": "linf"}, resume=False)
@@ -48,8 +50,8 @@ def test_different_settings_are_refused_and_overwrite_clears(tmp_path):
 
 
 def test_torn_temporary_file_is_ignored(tmp_path):
-    store = ResultsStore(tmp_path, {"a": 1})
-    store.append(_rows([0, 1, 2]))
+    with ResultsStore(tmp_path, {"a": 1}) as store:
+        store.append(_rows([0, 1, 2]))
     # a write killed half-way leaves only a hidden temporary file, never a part
     (tmp_path / "parts" / ".junk.tmp").write_bytes(b"PAR1 half")
     assert ResultsStore(tmp_path, {"a": 1}).done == {0, 1, 2}

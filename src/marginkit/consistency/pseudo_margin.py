@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..checks import check_inputs
+from ..models.checkpoint import load_torch_file
 from .metrics import as_margin_array
 
 __all__ = ["PseudoMarginConfig", "PseudoMargin", "representation"]
@@ -262,10 +263,7 @@ class PseudoMargin:
     def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "PseudoMargin":
         if not os.path.exists(path):
             raise FileNotFoundError(f"no pseudo-margin file at {path}")
-        try:
-            payload = torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as exc:
-            raise ValueError(f"{path} is not a readable pseudo-margin file ({type(exc).__name__}: {exc})") from exc
+        payload = load_torch_file(path, what="pseudo-margin file", map_location=map_location)
         return cls.from_state(payload)
 
     def __repr__(self) -> str:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..models.checkpoint import load_torch_file
 from ..norms import as_norm
 from .algorithm1 import DEFAULT_ALPHAS, threshold_at_tpr, tune_threshold
 from .metrics import as_margin_array, non_robust_labels
@@ -114,10 +115,7 @@ class VulnerabilityScorer:
     def load(cls, path: str | os.PathLike, model: nn.Module) -> "VulnerabilityScorer":
         if not os.path.exists(path):
             raise FileNotFoundError(f"no vulnerability scorer at {path}")
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ValueError(f"{path} is not a readable vulnerability scorer ({type(exc).__name__}: {exc})") from exc
+        payload = load_torch_file(path, what="vulnerability scorer")
         if not isinstance(payload, dict) or payload.get("format") != FORMAT:
             raise ValueError(f"{path} is not a marginkit vulnerability scorer")
         pm = PseudoMargin.from_state(payload["pseudo_margin"]) if payload.get("pseudo_margin") else None

@@ -26,7 +26,7 @@ def _from_arrays(name: str, x: np.ndarray, y: np.ndarray, shape: tuple[int, ...]
     yt = torch.as_tensor(y, dtype=torch.long)
     names = class_names or [str(int(c)) for c in range(int(y.max()) + 1)]
     return Dataset(name, xt[tr], yt[tr], xt[te], yt[te], names, source=source,
-                   meta={"seed": seed, "test_fraction": test_fraction})
+                   meta={"split": "stratified", "seed": seed, "test_fraction": test_fraction, "num_classes_known": True})
 
 
 @functools.lru_cache(maxsize=1)

@@ -9,6 +9,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..checks import InputError
+
 __all__ = ["Dataset", "select_classes", "stratified_split", "fingerprint_tensors"]
 
 
@@ -55,6 +57,23 @@ class Dataset:
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
 
+    @property
+    def split_description(self) -> str:
+        """One line saying how train and test were made, for summaries."""
+        kind = self.meta.get("split")
+        n_tr, n_te = int(self.x_train.shape[0]), int(self.x_test.shape[0])
+        if kind == "whole":
+            return f"no split: the whole set ({n_te} samples) is both the train and the test set"
+        if kind == "stratified":
+            return (f"stratified split, test_fraction {self.meta.get('test_fraction')}, seed {self.meta.get('seed')}: "
+                    f"{n_tr} train, {n_te} test")
+        if kind == "given":
+            keys = self.meta.get("train_keys", ["x_train", "y_train"])
+            return f"as given: train = {'/'.join(keys)} ({n_tr}), test = x_test/y_test ({n_te})"
+        if kind == "file":
+            return f"as stored in the files: {n_tr} train, {n_te} test"
+        return f"{n_tr} train, {n_te} test"
+
     def split(self, which: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x, y)`` of ``"train"`` or ``"test"``."""
         if which not in ("train", "test"):
@@ -78,6 +97,7 @@ class Dataset:
             "class_names": list(self.class_names),
             "train_size": int(self.x_train.shape[0]),
             "test_size": int(self.x_test.shape[0]),
+            "split": self.split_description,
             "bounds": list(self.bounds),
             "train_counts": counts(self.y_train),
             "test_counts": counts(self.y_test),
@@ -98,14 +118,14 @@ def select_classes(ds: Dataset, classes: Sequence[int | str]) -> Dataset:
     """Keep only ``classes`` (original labels or class names, e.g. ``(3, 7)``) and relabel them 0..k-1
     in the order given."""
     if len(classes) < 2:
-        raise ValueError(f"select at least 2 classes, got {list(classes)}")
+        raise InputError(f"select at least 2 classes, got {list(classes)}")
     names = [str(c) for c in classes]
     if len(set(names)) != len(names):
-        raise ValueError(f"classes must be distinct, got {list(classes)}")
+        raise InputError(f"classes must be distinct, got {list(classes)}")
     idx = []
     for n in names:
         if n not in ds.class_names:
-            raise ValueError(f"{ds.name} has no class {n!r}; its classes are {', '.join(ds.class_names)}")
+            raise InputError(f"{ds.name} has no class {n!r}; its classes are {', '.join(ds.class_names)}")
         idx.append(ds.class_names.index(n))
     lut = torch.full((ds.num_classes,), -1, dtype=torch.long)
     lut[torch.tensor(idx)] = torch.arange(len(idx))
@@ -123,7 +143,7 @@ def select_classes(ds: Dataset, classes: Sequence[int | str]) -> Dataset:
 def stratified_split(y: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic stratified train/test indices in shuffled order, the same for the same labels and seed."""
     if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
+        raise InputError(f"test_fraction must lie in (0, 1), got {test_fraction}")
     rng = np.random.default_rng(seed)
     train, test = [], []
     for c in np.unique(y):

@@ -1,6 +1,12 @@
-"""Demo models, the feature/head split, checkpoints and loading of user models."""
+"""Demo models, the feature/head split, checkpoints, loading and validation of user models."""
 
-from .head import HeadSplit, list_layers, split_head, truncate
+from .checkpoint import (Checkpoint, ExportedModel, SelectLogits, load_checkpoint, load_model, load_torch_file,
+                         model_fingerprint, save_checkpoint)
+from .head import HeadSplit, feature_margin_unavailable, head_split_or_reason, list_layers, split_head, truncate
+from .validate import ModelCheck, validate_model, validate_model_for_dataset
 from .zoo import ARCHITECTURES, ModelSpec, build_model
 
-__all__ = ["ARCHITECTURES", "HeadSplit", "ModelSpec", "build_model", "list_layers", "split_head", "truncate"]
+__all__ = ["ARCHITECTURES", "Checkpoint", "ExportedModel", "HeadSplit", "ModelCheck", "ModelSpec", "SelectLogits",
+           "build_model", "feature_margin_unavailable", "head_split_or_reason", "list_layers", "load_checkpoint",
+           "load_model", "load_torch_file", "model_fingerprint", "save_checkpoint", "split_head", "truncate",
+           "validate_model", "validate_model_for_dataset"]

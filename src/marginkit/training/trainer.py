@@ -13,6 +13,7 @@ from torch import nn
 
 from ..checks import model_device
 from ..data.dataset import Dataset
+from ..models.checkpoint import load_torch_file
 from ..results.provenance import atomic_write_bytes
 from .methods import Method, Standard, method_settings
 
@@ -135,7 +136,7 @@ class Trainer:
         path = self._ckpt_path()
         if not path or not os.path.exists(path):
             return
-        state = torch.load(path, map_location=self.device, weights_only=False)
+        state = load_torch_file(path, weights_only=False, what="training checkpoint", map_location=self.device)
         if state.get("settings") != self.settings():
             raise ValueError(f"{path} was written with other training settings; use another checkpoint_dir or delete it")
         self.model.load_state_dict(state["model"])
