@@ -76,8 +76,8 @@ class Run:
     fn: Callable
 
 
-def peers(norm: str, num_classes: int, matched: int | None, per_step: dict[str, float]) -> list[Run]:
-    """Peer attacks at their documented settings and (with ``matched`` passes per sample) at a matched budget."""
+def peers(norm: str, num_classes: int, long_steps: int | None = None) -> list[Run]:
+    """Peer attacks at their documented settings and, with ``long_steps``, the iterative ones at that many steps."""
     _stub_modules()
     import adv_lib.attacks as al
     import foolbox as fb
@@ -93,16 +93,10 @@ def peers(norm: str, num_classes: int, matched: int | None, per_step: dict[str, 
             return clipped
         return f
 
-    def steps_for(key, default):
-        if matched is None or key not in per_step:
-            return None
-        return max(1, int(round(matched / per_step[key])))
-
     def add(key, lib, default_steps, make):
         runs.append(Run(key, lib, f"default ({default_steps} steps)", make(default_steps)))
-        s = steps_for(key, default_steps)
-        if s is not None:
-            runs.append(Run(key, lib, f"matched ({s} steps)", make(s)))
+        if long_steps is not None and long_steps != default_steps:
+            runs.append(Run(key, lib, f"long ({long_steps} steps)", make(long_steps)))
 
     add("fmn", "adv-lib", 10, lambda s: (lambda m, x, y: al.fmn(m, x, y, norm=p, steps=s)))
     if norm == "l2":
@@ -206,6 +200,33 @@ def _local_pgd_mlp(seed: int) -> nn.Module:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     save_checkpoint(path, model, spec, {"method": "local l2 PGD", "eps": eps, "steps": steps, "epochs": 15})
     return model
+
+
+def load_models(names: list[str]) -> tuple[dict[str, nn.Module], dict[str, str]]:
+    """The demo models by name ("linear", "mlp", "cnn", "mlp-at"), in eval mode, and a note per model."""
+    from marginkit.training import demo_model
+
+    models: dict[str, nn.Module] = {}
+    notes: dict[str, str] = {}
+    for name in names:
+        if name == "mlp-at":
+            models[name], notes[name] = adversarially_trained_mlp()
+        else:
+            models[name] = demo_model(name)[0].eval()
+            notes[name] = f"demo_model({name!r})"
+    return models, notes
+
+
+def select_points(models: dict[str, nn.Module], points: int, offset: int = 0):
+    """The first ``points`` mnist5k test points (after ``offset``) that every model classifies correctly:
+    (indices into the test split, inputs, labels)."""
+    from marginkit.data import load_dataset
+
+    x_test, y_test = load_dataset("mnist5k").split("test")
+    with torch.no_grad():
+        correct = torch.stack([m(x_test).argmax(1) == y_test for m in models.values()]).all(0)
+    idx = correct.nonzero().squeeze(1)[offset: offset + points]
+    return idx, x_test[idx], y_test[idx]
 
 
 def summarise(df: pd.DataFrame) -> pd.DataFrame:

@@ -100,7 +100,7 @@ def model_consistency(
 
         xi = inputs[:isometry]
         opts = {"progress": progress, **(attack_options or {})}
-        res = input_margin(model, xi, None, tnorm, bounds=bounds, return_adv=True, seed=seed, **opts)
+        res = input_margin(model, xi, None, tnorm, bounds=bounds, return_adv=True, **opts)
         valid = torch.isfinite(res.upper) & (res.upper > 0)
         iso = local_isometry(model, xi, res.adversarial, tnorm, valid=valid)
         report.extras["isometry"] = iso.to_dict()
