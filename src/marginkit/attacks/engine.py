@@ -31,7 +31,7 @@ from torch import nn
 
 from ..checks import MarginkitWarning, check_inputs, check_labels, check_logits, check_model_mode, looks_like_probabilities, model_device
 from ..norms import Norm, as_norm
-from ..results.status import FAILED, MISCLASSIFIED, UPPER_ONLY
+from ..results.status import FAILED, MISCLASSIFIED, status_of
 from ._oracle import Best, Oracle, is_flipped
 from .presets import PRESETS, SINGLE, preset as preset_schedule
 from .schedule import Schedule, Step, describe, run_schedule
@@ -103,7 +103,9 @@ class InputMarginResult:
     for samples already misclassified w.r.t. given labels. ``target``: (N,) class the adversarial is
     classified as (-1 when failed). ``passes``: (N,) forward + backward passes the attacks spent per
     sample (the shape probe and the final re-check forward pass are not counted).
-    ``status``: "upper-only" | "failed" | "misclassified" (:mod:`marginkit.results.status`). ``seconds``: (N,) wall time per sample (its
+    ``status``: :func:`marginkit.results.status.status_of` of (lower, upper): "upper-only" (a verified flip),
+    "failed" (none), "bracketed" (affine shortcut: exact lower bound and a verified point just past it),
+    "exact" (affine shortcut: no point of the box flips the sample), or "misclassified". ``seconds``: (N,) wall time per sample (its
     batch's time divided evenly). ``stage``: the label of the schedule step that produced each best point
     (e.g. ``"alma[steps=300]"``, ``"affine-exact"``; ``"clean"`` for misclassified samples). ``lower``: (N,)
     float64 certified lower bound, the exact margin where the affine shortcut ran (0 for misclassified
@@ -131,7 +133,8 @@ class InputMarginResult:
 
     @property
     def success_rate(self) -> float:
-        return float(np.mean([s != FAILED for s in self.status])) if self.status else float("nan")
+        """Fraction of samples with a verified flip (or already misclassified)."""
+        return float(torch.isfinite(self.upper).double().mean()) if self.status else float("nan")
 
     @property
     def method(self) -> str:
@@ -380,8 +383,9 @@ def input_margin(
         mis_l = mis_c.tolist()
         fnd = found.cpu().tolist()
         settled = ctx.settled.cpu().tolist()
+        low_l, up_l = low.tolist(), val.tolist()
         for i in range(m):  # bookkeeping strings only, not a hot path
-            status[s + i] = MISCLASSIFIED if mis_l[i] else (UPPER_ONLY if fnd[i] else FAILED)
+            status[s + i] = MISCLASSIFIED if mis_l[i] else status_of(low_l[i], up_l[i])
             meth[s + i] = "clean" if mis_l[i] else (labels_of[codes[i]] if fnd[i] else ("affine-exact" if settled[i] else ""))
         if adv is not None:
             # failed samples get NaN rows, never the clean input; misclassified ones are their own adversarial
