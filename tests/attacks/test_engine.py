@@ -14,7 +14,7 @@ from torch import nn
 from marginkit.attacks import AffineExact, Alma, Ball, Projection, Refine, Rounds, RuntimeOptions, Step, input_margin
 from marginkit.checks import MarginkitWarning
 from marginkit.margins import affine_input_margin
-from marginkit.norms import as_norm, batch_norm
+from marginkit.norms import batch_norm
 
 NORMS = ["l2", "linf", "l1"]
 

@@ -15,12 +15,26 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
 from ..checks import MarginkitWarning
 from ..margins.gap import SAFETY, SEARCH_FACTOR, flip_gap, is_flipped  # noqa: F401 - re-exported to the attacks
+
+
+class Queries(Protocol):
+    """What the attacks need of an oracle (an :class:`Oracle`, or a view of it through a subset of samples)."""
+
+    def can_afford(self, owner: torch.Tensor, cost_per_row: int) -> torch.Tensor: ...
+
+    def value_and_grad(self, x: torch.Tensor, owner: torch.Tensor, ref: torch.Tensor, aim: torch.Tensor | None,
+                       objective: Any = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+
+    def logits(self, x: torch.Tensor, owner: torch.Tensor) -> torch.Tensor: ...
+
+    def out_of_time(self) -> bool: ...
 
 
 class Oracle:
@@ -214,7 +228,7 @@ class Best:
         return Best(self.x0, self.ref, self.norm, self.target)
 
 
-def live_rows(oracle: "Oracle", owner: torch.Tensor, active: torch.Tensor, cost: int = 2) -> torch.Tensor:
+def live_rows(oracle: Queries, owner: torch.Tensor, active: torch.Tensor, cost: int = 2) -> torch.Tensor:
     """Rows of an iterative attack still worth a step: ``active`` and affordable within their sample's pass
     budget; none once the time limit is reached. ``oracle`` is anything with ``out_of_time`` and
     ``can_afford`` (the engine's per-batch view included)."""

@@ -443,7 +443,7 @@ def _channels_last_copy(model: nn.Module, shape: tuple[int, ...], lo: float, hi:
         return None
     probe = torch.tensor([lo, hi, 0.5 * (lo + hi)], dtype=dtype, device=device)[:, None].expand(3, int(np.prod(shape))).reshape(3, *shape)
     try:
-        fast = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        fast = copy.deepcopy(model).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         with torch.no_grad():
             out = model(probe)
             z = fast(probe.contiguous(memory_format=torch.channels_last))
