@@ -531,3 +531,36 @@ def test_old_keywords_map_onto_the_new_api_or_name_their_replacement():
         Step(Ball(steps=5), samples="some")
     with pytest.raises(ValueError, match="steps"):
         Ball(steps=0)
+
+
+def test_sample_selections_and_runner_up_follow_their_definitions():
+    from marginkit.attacks._oracle import Best
+    from marginkit.attacks.schedule import _basins, _disagree, runner_up
+
+    x0 = torch.zeros(5, 2)
+    best = Best(x0, torch.zeros(5, dtype=torch.long), "l2")
+    inf = float("inf")
+
+    def tracker(values):
+        b = best.fresh()
+        b.value = torch.tensor(values, dtype=torch.float64)
+        b.x = b.value.nan_to_num(posinf=0.0)[:, None].float().repeat(1, 2)
+        b.cls = torch.where(torch.isfinite(b.value), 1, -1)
+        return b
+
+    a = tracker([1.0, 1.0, 1.0, inf, inf])
+    b = tracker([1.0005, 1.2, inf, inf, 2.0])
+    idx = torch.arange(5)
+    # within rtol: agree; 20% apart: disagree; one flipped and the other not: disagree; both failed: agree
+    assert _disagree([a, b], idx, 1e-3).tolist() == [False, True, True, False, True]
+    assert _disagree([a], idx, 1e-3).all()  # nothing to compare with: every sample
+    c = tracker([0.9, 1.2, 1.0, inf, 3.0])
+    # the latest stage ended more than rtol from every earlier one
+    assert _basins([a, b, c], idx, 1e-3).tolist() == [True, False, False, False, True]
+    best.absorb(a)
+    best.absorb(b)
+    best.absorb(c)
+    alt = runner_up(best, [a, b, c], 1e-3)
+    # the smallest end point more than rtol above the best; none where every end point is the best
+    assert alt.value.tolist()[:2] == [1.0, 1.2] and math.isinf(alt.value[2]) and math.isinf(alt.value[3])
+    assert alt.value[4] == 3.0
