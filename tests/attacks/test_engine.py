@@ -551,12 +551,18 @@ def test_sample_selections_and_runner_up_follow_their_definitions():
     a = tracker([1.0, 1.0, 1.0, inf, inf])
     b = tracker([1.0005, 1.2, inf, inf, 2.0])
     idx = torch.arange(5)
+    every = torch.ones(5, dtype=torch.bool)
     # within rtol: agree; 20% apart: disagree; one flipped and the other not: disagree; both failed: agree
-    assert _disagree([a, b], idx, 1e-3).tolist() == [False, True, True, False, True]
-    assert _disagree([a], idx, 1e-3).all()  # nothing to compare with: every sample
+    assert _disagree([(a, every), (b, every)], idx, 1e-3).tolist() == [False, True, True, False, True]
+    assert _disagree([(a, every)], idx, 1e-3).all()  # nothing to compare with: every sample
+    # a stage that did not run on a sample has no opinion there (its inf is not a failure)
+    some = torch.tensor([True, True, False, True, False])
+    assert _disagree([(a, every), (b, some)], idx, 1e-3).tolist() == [False, True, True, False, True]
+    assert _disagree([(a, every), (tracker([1.0, 1.0, inf, inf, inf]), some)], idx, 1e-3).tolist() == [False, False, True, False, True]
     c = tracker([0.9, 1.2, 1.0, inf, 3.0])
     # the latest stage ended more than rtol from every earlier one
-    assert _basins([a, b, c], idx, 1e-3).tolist() == [True, False, False, False, True]
+    assert _basins([(a, every), (b, every), (c, every)], idx, 1e-3).tolist() == [True, False, False, False, True]
+    assert _basins([(a, every), (b, every), (c, some)], idx, 1e-3).tolist() == [True, False, False, False, False]
     best.absorb(a)
     best.absorb(b)
     best.absorb(c)

@@ -4,10 +4,10 @@ Each step names a stage config (:mod:`.stages`), which samples it runs on and wh
 
 ``samples``
     ``"all"``: every sample not already settled (affine shortcut); ``"found"``: those with a verified point;
-    ``"disagree"``: those where the earlier stages' own end points differ by more than ``rtol`` (relative) or
-    one stage flipped the sample and another did not (with fewer than two earlier stages: every sample);
-    ``"basins"``: those where the latest stage ended more than ``rtol`` away from every earlier stage's end
-    point (the sample has several basins and where a walk ends is a draw).
+    ``"disagree"``: those where the own end points of the earlier stages that ran on the sample differ by
+    more than ``rtol`` (relative) or one of them flipped the sample and another did not (where fewer than two
+    ran: every sample); ``"basins"``: those where the latest stage ran and ended more than ``rtol`` away
+    from every earlier stage's end point there (the sample has several basins and where a walk ends is a draw).
 ``start``
     ``"clean"``: from x_0; ``"best"``: from the sample's best point so far; ``"runner-up"``: from the smallest
     end point of the earlier stages that lies more than ``rtol`` above the best one (another basin). Samples
@@ -73,25 +73,33 @@ def describe(schedule: Schedule) -> list[dict[str, Any]]:
              "rtol": s.rtol} for s in schedule]
 
 
-def _disagree(ends: list[Best], idx: torch.Tensor, rtol: float) -> torch.Tensor:
-    if len(ends) < 2:
+def _disagree(ends: list[tuple[Best, torch.Tensor]], idx: torch.Tensor, rtol: float) -> torch.Tensor:
+    """Samples ``idx`` on which the earlier search stages that ran there do not agree (every sample on which
+    fewer than two ran)."""
+    if not ends:
         return torch.ones_like(idx, dtype=torch.bool)
-    v = torch.stack([e.value[idx] for e in ends])
-    fin = torch.isfinite(v)
+    v = torch.stack([e.value[idx] for e, _ in ends])
+    ran = torch.stack([r[idx] for _, r in ends])
+    fin = torch.isfinite(v) & ran
+    failed = ~torch.isfinite(v) & ran
     lo = torch.where(fin, v, torch.full_like(v, float("inf"))).amin(0)
     hi = torch.where(fin, v, torch.full_like(v, float("-inf"))).amax(0)
-    mixed = fin.any(0) & ~fin.all(0)
-    return mixed | (fin.any(0) & (hi - lo > rtol * lo))
+    mixed = fin.any(0) & failed.any(0)
+    return (ran.sum(0) < 2) | mixed | (fin.any(0) & (hi - lo > rtol * lo))
 
 
-def _basins(ends: list[Best], idx: torch.Tensor, rtol: float) -> torch.Tensor:
+def _basins(ends: list[tuple[Best, torch.Tensor]], idx: torch.Tensor, rtol: float) -> torch.Tensor:
+    """Samples ``idx`` on which the latest search stage ran and ended more than ``rtol`` away from every
+    earlier stage that ran there."""
     if not ends:
         return torch.zeros_like(idx, dtype=torch.bool)
-    last = ends[-1].value[idx]
-    away = torch.isfinite(last)
-    for e in ends[:-1]:
+    last_b, last_ran = ends[-1]
+    last = last_b.value[idx]
+    away = torch.isfinite(last) & last_ran[idx]
+    for e, ran in ends[:-1]:
         v = e.value[idx]
-        away = away & ~((v - last).abs() <= rtol * torch.minimum(v, last))
+        same = (v - last).abs() <= rtol * torch.minimum(v, last)
+        away = away & ~(same & ran[idx])
     return away
 
 
@@ -117,7 +125,7 @@ def runner_up(best: Best, ends: list[Best], rtol: float) -> Best:
 def run_schedule(schedule: Schedule, ctx: Context, todo: torch.Tensor) -> None:
     """Run the steps of ``schedule`` on the samples ``todo`` of the batch in ``ctx``; step ``i`` records its
     points with code ``i`` (the results name the step's stage label)."""
-    ends: list[Best] = []
+    ends: list[tuple[Best, torch.Tensor]] = []  # each search stage's own end points and where it ran
     best = ctx.best
     for i, step in enumerate(schedule):
         if ctx.oracle.out_of_time():
@@ -133,14 +141,16 @@ def run_schedule(schedule: Schedule, ctx: Context, todo: torch.Tensor) -> None:
         if step.start == "best":
             origin = best
         elif step.start == "runner-up":
-            origin = runner_up(best, ends, step.rtol)
+            origin = runner_up(best, [e for e, _ in ends], step.rtol)
         if origin is not None:
             active = active[origin.found[active]]
+        ran = torch.zeros_like(best.found)
+        ran[active] = True
         if active.numel() == 0:
             if isinstance(step.stage, _SEARCH):
-                ends.append(best.fresh())
+                ends.append((best.fresh(), ran))
             continue
         own = RUNNERS[type(step.stage)](step.stage, ctx, active, origin, i)
         best.absorb(own)
         if isinstance(step.stage, _SEARCH):
-            ends.append(own)
+            ends.append((own, ran))
