@@ -220,6 +220,13 @@ def select_points(models: dict[str, nn.Module], points: int, offset: int = 0):
 
 
 PRESETS = ("fast", "default", "thorough")
+# The issue's speed targets: the peer configurations each preset should dominate (library, attack, setting prefix).
+CLASSES = {
+    "fast": [("adv-lib", "df", "default"), ("torchattacks", "DeepFool", "default"), ("foolbox", "DeepFool", "default"),
+             ("adv-lib", "ddn", "default"), ("foolbox", "DDN", "default"), ("torchattacks", "FAB", "default")],
+    "default": [("adv-lib", "alma", "default"), ("adv-lib", "fmn", "long"), ("foolbox", "FMN", "long"),
+                ("adv-lib", "fab", "default"), ("adv-lib", "fab-t", "default")],
+}
 PEERS_DIR = os.path.join(os.path.dirname(__file__), "reference", "peers")
 
 
@@ -260,6 +267,7 @@ def main() -> None:
     x_test, y_test = load_dataset("mnist5k").split("test")
     models, notes = load_models(args.models.split(","))
     rows, per_sample = [], []
+    commands: set[str] = set()
     for mname, model in models.items():
         model64 = copy.deepcopy(model).double().eval()
         for norm in args.norms.split(","):
@@ -267,13 +275,14 @@ def main() -> None:
             if not stored:
                 print(f"no stored peers for {mname} {norm}: skipped (run bench/attacks_peers.py)")
                 continue
+            commands |= {r["command"] for r in stored}
             index = stored[0]["index"]
             if any(r["index"] != index for r in stored):
                 raise SystemExit(f"stored peers of {mname} {norm} were run on different points")
             idx = torch.tensor(index)
             x, y = x_test[idx], y_test[idx]
-            runs = {r["label"]: dict(kind="peer", values=r["values"], passes=r["passes_per_sample"], seconds=r["seconds"])
-                    for r in stored}
+            runs = {r["label"]: dict(kind="peer", values=r["values"], passes=r["passes_per_sample"], seconds=r["seconds"],
+                                     key=(r["library"], r["attack"], r["setting"])) for r in stored}
             clock = next((r for r in stored if r["library"] == "adv-lib" and r["attack"] == "df"), None)
             for name in PRESETS:  # the presets, with the clock peer run between them
                 if clock is not None:
@@ -298,14 +307,14 @@ def main() -> None:
                 adj = r["seconds"] / load if r["kind"] == "marginkit" and np.isfinite(load) else r["seconds"]
                 rows.append(dict(model=mname, norm=norm, method=label, kind=r["kind"], success=float(np.isfinite(r["values"]).mean()),
                                  median=float(np.median(r["values"])), ratio_med=med, ratio_p95=p95, peers_med=pm, peers_p95=pp,
-                                 passes=r["passes"], seconds_raw=r["seconds"], seconds=adj, load=load))
+                                 passes=r["passes"], seconds_raw=r["seconds"], seconds=adj, load=load, key=r.get("key")))
                 per_sample += [dict(model=mname, norm=norm, method=label, sample=int(i), value=float(v))
                                for i, v in zip(index, r["values"])]
     summary = pd.DataFrame(rows)
     os.makedirs(args.raw, exist_ok=True)
     pd.DataFrame(per_sample).to_csv(os.path.join(args.raw, "per_sample.csv"), index=False)
     summary.to_csv(os.path.join(args.raw, "summary.csv"), index=False)
-    write_markdown(args, summary, notes, marginkit.__version__)
+    write_markdown(args, summary, notes, marginkit.__version__, sorted(commands))
 
 
 def pareto(g: pd.DataFrame) -> list[str]:
@@ -319,7 +328,7 @@ def pareto(g: pd.DataFrame) -> list[str]:
     return out
 
 
-def write_markdown(args, summary: pd.DataFrame, notes: dict[str, str], version: str) -> None:
+def write_markdown(args, summary: pd.DataFrame, notes: dict[str, str], version: str, commands: list[str]) -> None:
     import importlib.metadata as md
 
     vers = {k: md.version(k) for k in ["torch", "adv-lib", "torchattacks", "foolbox"]}
@@ -327,8 +336,8 @@ def write_markdown(args, summary: pd.DataFrame, notes: dict[str, str], version: 
     n_points = int(len(summary) and pd.read_csv(os.path.join(args.raw, "per_sample.csv")).groupby(["model", "norm", "method"]).size().iloc[0])
     lines = ["# Input-margin engine: presets vs stored public minimal-norm attacks", "",
              f"Produced by `{cmd}` (marginkit {version}; " + ", ".join(f"{k} {v}" for k, v in vers.items()) +
-             "), after `OMP_NUM_THREADS=1 python bench/attacks_peers.py --points 50 --models mlp,cnn,mlp-at --norms l2,linf` "
-             "stored the peers in bench/reference/peers/.", "",
+             "), with the peers stored in bench/reference/peers/ by " + "; ".join(f"`{c}`" for c in commands) +
+             " (runs interrupted and resumed with `--skip-existing` record each command in their files).", "",
              f"{n_points} MNIST test points (mnist5k) correctly classified by every model; the same points for every method. "
              "A point counts only if it is in [0,1] and flips under a float64 copy of the model; norms in float64. "
              "ratio = norm / reference, the best norm of any stored peer or preset on that sample (inf for failures); "
@@ -346,6 +355,18 @@ def write_markdown(args, summary: pd.DataFrame, notes: dict[str, str], version: 
         t = g[g.method == "marginkit thorough"].iloc[0]
         ok = "met" if t.peers_med <= 1.0 and t.peers_p95 <= 1.01 else "missed"
         lines.append(f"| {m} | {nrm} | {t.peers_med:.4f} | {t.peers_p95:.4f} | {ok} | {t.load:.2f} |")
+    lines += ["", "Speed classes: the peer configurations of each preset's class (issue 16) that it does **not** dominate "
+              "(at least as fast and at least as tight in median and p95 ratio); \"met\" when it dominates all of them.", "",
+              "| model | norm | fast vs DeepFool / DDN-100 / FAB-10 | default vs ALMA / FMN-1000 / FAB-100 |", "|---|---|---|---|"]
+    for (m, nrm), g in summary.groupby(["model", "norm"], sort=False):
+        cells = []
+        for preset_name, members in CLASSES.items():
+            mk = g[g.method == f"marginkit {preset_name}"].iloc[0]
+            peers_in = [r for r in g[g.kind == "peer"].itertuples()
+                        if any(r.key[0] == lib and r.key[1] == att and r.key[2].startswith(st) for lib, att, st in members)]
+            miss = [r.method for r in peers_in if not (mk.seconds <= r.seconds and mk.ratio_med <= r.ratio_med and mk.ratio_p95 <= r.ratio_p95)]
+            cells.append("met" if not miss else "not: " + "; ".join(miss))
+        lines.append(f"| {m} | {nrm} | {cells[0]} | {cells[1]} |")
     lines += ["", "## Pareto: which preset is at least as fast and at least as tight as each peer configuration", "",
               "A preset dominates a peer configuration when its wall time is not larger and both its median and p95 "
               "ratio to the reference are not larger. **none**: no preset dominates it (the frontier below says by how much).", ""]

@@ -519,6 +519,8 @@ def test_old_keywords_map_onto_the_new_api_or_name_their_replacement():
             input_margin(model, x, norm="l2", **{key: val})
     with pytest.raises(TypeError, match="unexpected"):
         input_margin(model, x, norm="l2", bogus=1)
+    with pytest.raises(ValueError, match="not both"):
+        input_margin(model, x, norm="l2", preset="fast", schedule=(Step(Ball(steps=5)),))
     with pytest.raises(ValueError, match="unknown preset"):
         input_margin(model, x, norm="l2", preset="slow")
     with pytest.raises(ValueError, match="linf"):

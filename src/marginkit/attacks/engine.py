@@ -185,8 +185,8 @@ def _resolve(norm: Norm, preset: str | None, schedule: Schedule | None, runtime:
     if method not in ("auto", *SINGLE):
         raise ValueError(f"unknown method {method!r}; use preset= ({', '.join(PRESETS)}) or schedule=")
     if schedule is not None:
-        if method != "auto":
-            raise ValueError("pass either schedule= or method=, not both")
+        if method != "auto" or preset is not None:
+            raise ValueError("pass either schedule= or preset= / method=, not both")
         name = "custom"
         sched = tuple(schedule)
         if not sched or not all(isinstance(s, Step) for s in sched):
