@@ -346,7 +346,7 @@ def write_markdown(args, summary: pd.DataFrame, notes: dict[str, str], version: 
              "at once): noisy. The peers' times come from their stored run; `load` is adv-lib DeepFool's time in this "
              "run divided by its stored time (above 1: the machine was busier in this run than when the peers ran); "
              "marginkit's `seconds` are its measured times divided by `load` (`seconds raw`: as measured), and the Pareto "
-             "table compares those.", ""]
+             "table compares those. DeepFool has no l1 version, so in l1 there is no clock (`load` nan) and the times are as measured.", ""]
     lines += [f"- {m}: {n}" for m, n in notes.items()] + [""]
     lines += ["## Targets", "",
               "| model | norm | thorough vs peers median | thorough vs peers p95 | target (<= 1.000 / <= 1.01) | load |",
