@@ -45,8 +45,12 @@ def _dataset_of(model: str, npz: dict, meta: dict, readme: str, given: dict[str,
         spec = str(meta["dataset"]) + (":" + str(meta["split"]) if meta.get("split") else "")
     if spec is None:
         for line in readme.splitlines():
-            if re.search(rf"(?<![\w-]){re.escape(model)}(?![\w-])", line):
-                names = [b for b in BUILTIN if b in line]
+            hit = re.search(rf"(?<![\w-]){re.escape(model)}(?![\w-])", line)
+            if hit:
+                # the built-in dataset named nearest after the model on that line
+                after = line[hit.end():]
+                names = sorted((after.find(b), b) for b in BUILTIN if b in after)
+                names = [b for _, b in names]
                 if names:
                     split = "train" if re.search(r"\btrain\b", line) and not re.search(r"\btest\b", line) else "test"
                     spec = f"{names[0]}:{split}"
@@ -81,8 +85,9 @@ def evaluate(exact_dir: str, models_dir: str, presets: tuple[str, ...], given: d
             continue
         model, info = load_model(ckpt)
         model.eval()
-        ds_name, split = _dataset_of(model_name, data, dict(info.metadata or {}), readme, given)
-        x_all, _ = load_dataset(ds_name).split(split)
+        meta = dict(info.metadata or {})
+        ds_name, split = _dataset_of(model_name, data, meta, readme, given)
+        x_all, _ = load_dataset(ds_name, seed=int(meta.get("dataset_seed", 0))).split(split)
         status = data["status"].astype(str)
         exact = data["exact"].astype(np.float64)
         keep = (status == "exact") & np.isfinite(exact) & (exact > 0)
