@@ -5,7 +5,7 @@ Run:
     OMP_NUM_THREADS=1 python bench/attacks_speed.py --models linear,mlp --norms l2,linf --points 100 --repeat 2
 
 ``--engine module:function`` times another copy of the engine with the same interface, e.g. an older
-commit unpacked as a renamed package (see docs/input-margins.md, "Speed"). Points: the first ``--points``
+commit unpacked as a renamed package; ``--preset`` picks a preset. Points: the first ``--points``
 MNIST (mnist5k) test points the model classifies correctly. Prints median norm, mean passes per sample
 and the best wall time over ``--repeat`` runs (one torch thread).
 """
@@ -26,6 +26,7 @@ def main() -> None:
     ap.add_argument("--points", type=int, default=100)
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--engine", default="marginkit.attacks:input_margin")
+    ap.add_argument("--preset", default=None, help="fast | default | thorough (None: the engine's default)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     from marginkit.data import load_dataset
@@ -45,7 +46,7 @@ def main() -> None:
             times = []
             for _ in range(args.repeat):
                 t0 = time.perf_counter()
-                res = engine(model, x, norm=norm)
+                res = engine(model, x, norm=norm, **({} if args.preset is None else {"preset": args.preset}))
                 times.append(time.perf_counter() - t0)
             print(f"| {name} | {norm} | {float(res.upper.median()):.5f} | {float(res.passes.float().mean()):.0f} | "
                   f"{min(times):.2f} |", flush=True)

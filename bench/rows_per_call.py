@@ -1,11 +1,11 @@
 """Cost per row of one forward + backward pass of a demo model against the rows per call (one torch
-thread): the measurement behind the engine's default ``max_rows`` on CPU (``_CPU_ACTIVATION_BYTES``).
+thread): the measurement behind the engine's default ``RuntimeOptions.rows_per_call`` on CPU (``_CPU_ACTIVATION_BYTES``).
 
     OMP_NUM_THREADS=1 python bench/rows_per_call.py --model cnn --rows 25,50,100,128,160,192,224,256,300,400
     OMP_NUM_THREADS=1 python bench/rows_per_call.py --model cnn --rows 100,142 --layouts contiguous,channels_last
 
 ``--layouts``: also time the model copied to the channels-last memory layout, as the engine's search does on
-CPU for conv nets (``input_margin(channels_last=None)``).
+CPU for conv nets (``RuntimeOptions(channels_last=None)``).
 """
 
 from __future__ import annotations

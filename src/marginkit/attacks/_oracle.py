@@ -15,12 +15,26 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
 from ..checks import MarginkitWarning
 from ..margins.gap import SAFETY, SEARCH_FACTOR, flip_gap, is_flipped  # noqa: F401 - re-exported to the attacks
+
+
+class Queries(Protocol):
+    """What the attacks need of an oracle (an :class:`Oracle`, or a view of it through a subset of samples)."""
+
+    def can_afford(self, owner: torch.Tensor, cost_per_row: int) -> torch.Tensor: ...
+
+    def value_and_grad(self, x: torch.Tensor, owner: torch.Tensor, ref: torch.Tensor, aim: torch.Tensor | None,
+                       objective: Any = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+
+    def logits(self, x: torch.Tensor, owner: torch.Tensor) -> torch.Tensor: ...
+
+    def out_of_time(self) -> bool: ...
 
 
 class Oracle:
@@ -31,7 +45,8 @@ class Oracle:
     """
 
     def __init__(self, model: nn.Module, input_shape: tuple[int, ...], n_samples: int, device: torch.device,
-                 budget: int | None, deadline: float | None, max_rows: int, fast: nn.Module | None = None) -> None:
+                 budget: int | None, deadline: float | None, max_rows: int, fast: nn.Module | None = None,
+                 min_rows: int = 8) -> None:
         self.model = model
         # ``fast``: a copy of the model in the channels-last layout (see engine._channels_last_copy) that
         # the search queries; the clean logits and the final re-check use ``model`` itself
@@ -42,6 +57,9 @@ class Oracle:
         self.budget = budget
         self.deadline = deadline
         self.max_rows = max(1, int(max_rows))
+        # every model call gets at least this many rows: BLAS picks other kernels (other rounding) for tiny
+        # batches, which would make a row's result depend on how many rows share its call
+        self.min_rows = max(1, int(min_rows))
         self.zero_grad_rows = 0
         self.nonfinite_rows = 0
 
@@ -61,9 +79,12 @@ class Oracle:
 
     def _forward(self, x: torch.Tensor, exact: bool = False) -> torch.Tensor:
         x = x.reshape(-1, *self.input_shape)
+        n = x.shape[0]
+        if 0 < n < self.min_rows:
+            x = torch.cat([x, x[-1:].expand(self.min_rows - n, *x.shape[1:])])
         if self.fast is None or exact:
-            return self.model(x)
-        return self.fast(x.contiguous(memory_format=torch.channels_last))
+            return self.model(x)[:n]
+        return self.fast(x.contiguous(memory_format=torch.channels_last))[:n]
 
     def _plain(self, x: torch.Tensor, exact: bool) -> torch.Tensor:
         return torch.cat([self._forward(x[sl], exact) for sl in _slices(x.shape[0], self.max_rows)])
@@ -207,7 +228,7 @@ class Best:
         return Best(self.x0, self.ref, self.norm, self.target)
 
 
-def live_rows(oracle: "Oracle", owner: torch.Tensor, active: torch.Tensor, cost: int = 2) -> torch.Tensor:
+def live_rows(oracle: Queries, owner: torch.Tensor, active: torch.Tensor, cost: int = 2) -> torch.Tensor:
     """Rows of an iterative attack still worth a step: ``active`` and affordable within their sample's pass
     budget; none once the time limit is reached. ``oracle`` is anything with ``out_of_time`` and
     ``can_afford`` (the engine's per-batch view included)."""

@@ -18,7 +18,7 @@ import torch
 
 from ..margins.affine import _solve_halfspace, exact_affine_margin
 from ..norms import Norm
-from ._oracle import SAFETY, SEARCH_FACTOR, Best, Oracle
+from ._oracle import SAFETY, SEARCH_FACTOR, Best, Queries
 
 # Multiples of the search-time safety margin tried as gap shifts, smallest first (one forward pass each).
 LADDER = (1.1, 1.5, 3.0, 10.0, 100.0)
@@ -33,7 +33,7 @@ def affine_cost(n_features: int, n_samples: int) -> int:
     return math.ceil(recovery_rows(n_features) / max(1, n_samples))
 
 
-def affine_rows(oracle: Oracle, best: Best, samples: torch.Tensor, a: torch.Tensor, c: torch.Tensor,
+def affine_rows(oracle: Queries, best: Best, samples: torch.Tensor, a: torch.Tensor, c: torch.Tensor,
                 box_lo: torch.Tensor, box_hi: torch.Tensor, norm: Norm, *, code: int = 7) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact margins of ``samples`` and verified adversarial points just past them.
 

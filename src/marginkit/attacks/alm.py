@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from ..norms import Norm, as_norm, batch_norm
-from ._oracle import SAFETY, SEARCH_FACTOR, Best, Oracle, flip_gap, live_rows
+from ._oracle import SAFETY, SEARCH_FACTOR, Best, Queries, flip_gap, live_rows
 
 
 def normalised_gap(z: torch.Tensor, ref: torch.Tensor, tol: float) -> torch.Tensor:
@@ -46,7 +46,7 @@ def initial_step(lr: float | None, steps: int) -> float:
     return 0.1 * min(10.0, max(1.0, 1000.0 / max(steps, 1))) if lr is None else float(lr)
 
 
-def alma_rows(oracle: Oracle, best: Best, owner: torch.Tensor, box_lo: torch.Tensor, box_hi: torch.Tensor, *,
+def alma_rows(oracle: Queries, best: Best, owner: torch.Tensor, box_lo: torch.Tensor, box_hi: torch.Tensor, *,
               steps: int, lr: float | torch.Tensor | None = None, lr_reduction: float | torch.Tensor | None = None, mu_init: float = 1.0, rho_init: float = 1.0,
               check_steps: int = 10, tau: float = 0.95, gamma: float = 1.2, alpha: float = 0.9,
               code: int = 6, norm: Norm | str = "l2") -> None:

@@ -24,10 +24,10 @@ from __future__ import annotations
 import torch
 
 from ..norms import Norm, batch_norm, project_ball, steepest_direction
-from ._oracle import Best, Oracle, cosine, live_rows
+from ._oracle import Best, Queries, cosine, live_rows
 
 
-def ball_rows(oracle: Oracle, best: Best, owner: torch.Tensor, aim: torch.Tensor, delta: torch.Tensor,
+def ball_rows(oracle: Queries, best: Best, owner: torch.Tensor, aim: torch.Tensor, delta: torch.Tensor,
               box_lo: torch.Tensor, box_hi: torch.Tensor, norm: Norm, *, steps: int, alpha: float = 1.0,
               gamma: float = 0.05, patience: int = 20, code: int = 1) -> torch.Tensor:
     """Run the adaptive-ball attack on rows (sample ``owner[r]``) from perturbation ``delta``.

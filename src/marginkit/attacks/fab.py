@@ -19,7 +19,7 @@ import torch
 
 from ..margins.affine import _solve_halfspace
 from ..norms import Norm, batch_norm
-from ._oracle import Best, Oracle, live_rows
+from ._oracle import Best, Queries, live_rows
 
 
 def project_linearised(w: torch.Tensor, g: torch.Tensor, at: torch.Tensor, base: torch.Tensor,
@@ -35,7 +35,7 @@ def project_linearised(w: torch.Tensor, g: torch.Tensor, at: torch.Tensor, base:
     return _solve_halfspace(w, need, (box_lo - base).clamp_max(0), (box_hi - base).clamp_min(0), norm)
 
 
-def fab_rows(oracle: Oracle, best: Best, owner: torch.Tensor, aim: torch.Tensor, start: torch.Tensor,
+def fab_rows(oracle: Queries, best: Best, owner: torch.Tensor, aim: torch.Tensor, start: torch.Tensor,
              box_lo: torch.Tensor, box_hi: torch.Tensor, norm: Norm, *, steps: int, alpha_max: float = 0.1,
              eta: float = 1.05, beta: float = 0.9, patience: int = 5, prune: float | None = None, code: int = 0) -> torch.Tensor:
     """Run targeted FAB on rows (sample ``owner[r]``, class ``aim[r]``) from ``start`` for ``steps`` steps.
@@ -83,7 +83,7 @@ def fab_rows(oracle: Oracle, best: Best, owner: torch.Tensor, aim: torch.Tensor,
     return xk
 
 
-def first_step_targets(oracle: Oracle, best: Best, box_lo: torch.Tensor, box_hi: torch.Tensor, norm: Norm,
+def first_step_targets(oracle: Queries, best: Best, box_lo: torch.Tensor, box_hi: torch.Tensor, norm: Norm,
                        num_classes: int, topk: int, eta: float = 1.05, code: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Linearise the boundary to every other class at x_0 and keep the ``topk`` nearest (DeepFool/FAB first step).
 

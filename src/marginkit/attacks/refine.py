@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from ..norms import Norm
-from ._oracle import SAFETY, SEARCH_FACTOR, Best, Oracle, flip_gap
+from ._oracle import SAFETY, SEARCH_FACTOR, Best, Queries, flip_gap
 from .fab import project_linearised
 
 
@@ -26,7 +26,7 @@ def _margin_gap(logits: torch.Tensor, ref: torch.Tensor, target: torch.Tensor | 
     return torch.where(torch.isfinite(logits).all(1), gap, torch.full_like(gap, float("-inf")))
 
 
-def line_search(oracle: Oracle, best: Best, samples: torch.Tensor, clean_logits: torch.Tensor, *, steps: int = 20,
+def line_search(oracle: Queries, best: Best, samples: torch.Tensor, clean_logits: torch.Tensor, *, steps: int = 20,
                 code: int = 2, rtol: float = 1e-6) -> None:
     """Shrink the best point of ``samples`` towards x_0 along the segment (see module docstring).
 
@@ -80,7 +80,7 @@ def line_search(oracle: Oracle, best: Best, samples: torch.Tensor, clean_logits:
         kept[idx] = torch.where(up, torch.ones_like(k), -torch.ones_like(k))
 
 
-def project_from_origin(oracle: Oracle, best: Best, samples: torch.Tensor, box_lo: torch.Tensor, box_hi: torch.Tensor,
+def project_from_origin(oracle: Queries, best: Best, samples: torch.Tensor, box_lo: torch.Tensor, box_hi: torch.Tensor,
                         norm: Norm, *, overshoots: tuple[float, ...] = (1e-5, 1e-3), code: int = 3) -> None:
     """One exact linearised projection of x_0 towards the class each best point reaches (see module docstring)."""
     samples = samples[best.found[samples]]

@@ -97,11 +97,11 @@ def model_consistency(
         report.extras["equidistance"] = {"message": str(exc)}
     iso = None
     if isometry > 0:
-        from ..attacks import input_margin
+        from ..attacks import RuntimeOptions, input_margin
 
         xi = x_eval[:isometry]
-        opts = {"progress": progress, **(attack_options or {})}
-        res = input_margin(model, xi, None, tnorm, bounds=bounds, return_adv=True, seed=seed, **opts)
+        opts = {"runtime": RuntimeOptions(progress=progress), **(attack_options or {})}
+        res = input_margin(model, xi, None, tnorm, bounds=bounds, return_adv=True, **opts)
         if res.adversarial is None:
             raise RuntimeError("the attack engine returned no adversarial examples although return_adv=True")
         valid = torch.isfinite(res.upper) & (res.upper > 0)

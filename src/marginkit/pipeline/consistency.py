@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from ..attacks import RuntimeOptions
 from ..consistency import (
     PAPER_LINF_EPS,
     Algorithm1Result,
@@ -157,7 +158,7 @@ def subset_estimate(job: MarginJob, eps: float, n: int, *, seed: int = 0, progre
     ds, x, y = load_data_ref(job.data)
     t0 = time.perf_counter()
     res = subset_estimates(model, x, y, job.norm, eps, n=n, seed=seed,
-                           margin_kwargs={"bounds": ds.bounds, "progress": progress, **job.attack_kwargs()})
+                           margin_kwargs={"bounds": ds.bounds, "runtime": RuntimeOptions(progress=progress), **job.attack_kwargs()})
     total = time.perf_counter() - t0
     settings = {"model": job.model.ref, "model_fingerprint": model_fingerprint(model), "dataset": ds.name,
                 "split": job.data.split, "samples": int(x.shape[0]), "norm": job.norm, "eps": eps, "n": n, "seed": seed,

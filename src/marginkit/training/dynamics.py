@@ -173,7 +173,7 @@ def estimate_margins(
     else:
         from ..attacks import input_margin
 
-        res = input_margin(model, inputs, labels, norm, bounds=bounds or (0.0, 1.0), seed=seed, **(engine_options or {}))
+        res = input_margin(model, inputs, labels, norm, bounds=bounds or (0.0, 1.0), **(engine_options or {}))
         margin = res.upper
     margin = margin.detach().double().cpu()
     return torch.where(correct, margin, torch.zeros_like(margin)), correct
