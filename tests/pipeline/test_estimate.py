@@ -47,7 +47,7 @@ def test_certify_brackets_the_attack_upper_bound(monkeypatch, tiny):
     model, x, y = tiny
     calls = []
     monkeypatch.setitem(sys.modules, "marginkit.verify", _fake_verify(calls))
-    opts = {"seed": 0, "budget": 60}
+    opts = {"budget": 60}
     att = margin_table(model, x, y, "l2", input_margin="attack", attack_options=opts)
     df = margin_table(model, x, y, "l2", input_margin="certify", attack_options=opts, verify_options={"k": 1})
     assert [c[0] for c in calls] == ["certify"] and calls[0][3] == {"k": 1} and calls[0][2] == (0.0, 1.0)

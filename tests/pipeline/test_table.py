@@ -36,6 +36,7 @@ def test_store_backed_table_resumes_in_chunks(tmp_path):
     y = torch.zeros(50, dtype=torch.long)
     first = ResultsStore(tmp_path, {"k": 1})
     margin_table(model, x[:20], y[:20], "l2", store=first, chunk_size=8)  # an earlier, partial run
+    first.close()
     second = ResultsStore(tmp_path, {"k": 1})
     assert second.done == set(range(20))
     df = margin_table(model, x, y, "l2", store=second, chunk_size=8)

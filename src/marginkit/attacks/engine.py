@@ -280,14 +280,14 @@ def input_margin(
 
     deadline = None if max_seconds is None else t_start + float(max_seconds)
     chunk = runtime.batch_size or _default_batch(flat.shape[1], num_classes - 1)
-    import marginkit
+    from ..results.provenance import library_versions
 
     settings: dict[str, Any] = {
         "preset": preset_name, "schedule": describe(sched), "norm": str(norm), "bounds": [lo_b, hi_b], "budget": budget,
         "max_seconds": max_seconds, "targeted": target is not None,
         "reference": "prediction" if labels is None else "labels",
         "runtime": {**dataclasses.asdict(runtime), "rows_per_call": max_rows, "channels_last": fast is not None},
-        "versions": {"marginkit": marginkit.__version__, "torch": torch.__version__},
+        "versions": library_versions(),
     }
     affine_cache: list[tuple[torch.Tensor, torch.Tensor] | None] = []
     overhead = [0]
