@@ -73,7 +73,11 @@ def main() -> None:
         for loss in ("cross_entropy", "zero_one"):
             t = df.pivot_table(index="eps", columns=["model", "layer"], values=loss, sort=False)
             print(f"### {loss}\n")
-            print(t.round(4).to_markdown())
+            cols = [f"{m}/{layer}" for m, layer in t.columns]
+            print("| eps | " + " | ".join(cols) + " |")
+            print("|---|" + "---|" * len(cols))
+            for eps, row in t.iterrows():
+                print(f"| {eps:g} | " + " | ".join(f"{v:.4f}" for v in row.to_numpy()) + " |")
             print()
 
 
