@@ -191,7 +191,7 @@ def pair_budgets(chain: FeatureChain, inputs, labels, norm: Norm | str = "l2", *
     candidates = np.ones(len(i), dtype=bool)
     stop_below = None
     first_relu = 0
-    if eps_hi is not None:
+    if eps_hi is not None and eps_lo is not None:
         candidates &= lb <= eps_hi
         candidates &= ub > eps_lo
         if settle:

@@ -174,7 +174,7 @@ class _Geometry:
 def _initial_patterns(geo: _Geometry, u: np.ndarray, v: np.ndarray) -> tuple[list, list]:
     """Activation patterns of the midpoint (u + v) / 2 at every ReLU stage, for both sides (Alg. 1/2, line 1-3)."""
     m = torch.from_numpy(0.5 * (u + v))[None]
-    pats = []
+    pats: list[np.ndarray | None] = []
     z = m.reshape(1, -1).to(torch.float64)
     for st in geo.chain.stages:
         z = st.apply(z)
@@ -215,9 +215,10 @@ def _program_data(geo: _Geometry, u: np.ndarray, v: np.ndarray, pu: list, pv: li
         s = pu[-1]
         return _ProgramData(sign, Au * s[:, None], Av * s[:, None], s * (cv - cu))
     if len(stages) == 1:
-        R = R1 if R1 is not None else row_basis(geo.mats[0][0].T @ geo.mats[0][0])[0].T
-        return _ProgramData(sign, R, R, R @ np.linalg.lstsq(Au, cv - cu, rcond=None)[0])
+        R1 = R1 if R1 is not None else row_basis(geo.mats[0][0].T @ geo.mats[0][0])[0].T
+        return _ProgramData(sign, R1, R1, R1 @ np.linalg.lstsq(Au, cv - cu, rcond=None)[0])
     R = geo.final_rows
+    assert R is not None
     (Pu, qu), (Pv, qv) = pieces_u[-2], pieces_v[-2]
     hu_A, hu_c = Pu * pu[-2][:, None], qu * pu[-2]
     hv_A, hv_c = Pv * pv[-2][:, None], qv * pv[-2]
@@ -335,14 +336,14 @@ class _Program:
         d = geo.dim
         stages = geo.chain.stages
         self.bu, self.bv, self.t = cp.Variable(d), cp.Variable(d), cp.Variable()
-        p = _P[geo.norm]
+        p: int | str = _P[geo.norm]  # type: ignore[assignment]
         cons = [cp.norm(self.bu, p) <= self.t, cp.norm(self.bv, p) <= self.t]
         self.xu = self.xv = None
         if geo.bounds is not None:
             lo, hi = geo.bounds
             self.xu, self.xv = cp.Parameter(d), cp.Parameter(d)
             cons += [self.xu + self.bu >= lo, self.xu + self.bu <= hi, self.xv + self.bv >= lo, self.xv + self.bv <= hi]
-        self.sign = []
+        self.sign: list = []
         for st in stages:
             if not st.relu:
                 self.sign.append(None)
@@ -358,6 +359,7 @@ class _Program:
             self.R1 = row_basis(geo.mats[0][0].T @ geo.mats[0][0])[0].T
             n_eq = self.R1.shape[0]
         else:
+            assert geo.final_rows is not None
             n_eq = geo.final_rows.shape[0]
         self.Eu, self.Ev, self.e = cp.Parameter((n_eq, d)), cp.Parameter((n_eq, d)), cp.Parameter(n_eq)
         cons.append(self.Eu @ self.bu - self.Ev @ self.bv == self.e)
@@ -365,7 +367,7 @@ class _Program:
 
     def set(self, u: np.ndarray, v: np.ndarray, pu: list, pv: list) -> None:
         data = _program_data(self.geo, u, v, pu, pv, getattr(self, "R1", None))
-        if self.xu is not None:
+        if self.xu is not None and self.xv is not None:
             self.xu.value, self.xv.value = u, v
         for i, Gu, gu, Gv, gv in data.sign:
             P = self.sign[i]
@@ -478,10 +480,10 @@ def _enumerate_one(prog, u: np.ndarray, v: np.ndarray, solver: str, solver_opts:
     best_du, best_dv = 0.5 * (v - u), 0.5 * (u - v)
     best = float(_norms(best_du, geo.norm))
     count = 0
-    for combo in itertools.product((0.0, 1.0), repeat=total):
-        combo = np.array(combo)
-        pu = [None] * len(stages)
-        pv = [None] * len(stages)
+    for bits_on in itertools.product((0.0, 1.0), repeat=total):
+        combo = np.array(bits_on)
+        pu: list = [None] * len(stages)
+        pv: list = [None] * len(stages)
         pos = 0
         for kind, i, n in bits:
             pu[i] = combo[pos:pos + n].copy()
@@ -562,7 +564,7 @@ def find_collisions(chain: FeatureChain, u: np.ndarray | torch.Tensor, v: np.nda
         du = 0.5 * (v - u)
         budget[:] = _norms(du, norm)
         status = ["midpoint"] * P
-        if return_delta:
+        if dus is not None and dvs is not None:
             dus[:], dvs[:] = du, -du
         return CollisionResult(budget, dus, dvs, iters, status, time.perf_counter() - t0, 0, settings)
     geo = _Geometry.build(chain, norm, bounds)
@@ -588,6 +590,6 @@ def find_collisions(chain: FeatureChain, u: np.ndarray | torch.Tensor, v: np.nda
                                                  dual_tol, atol, rtol, stop)
         budget[i], iters[i] = b, n_prog
         status.append(st)
-        if return_delta:
+        if dus is not None and dvs is not None:
             dus[i], dvs[i] = du, dv
     return CollisionResult(budget, dus, dvs, iters, status, time.perf_counter() - t0, int(iters.sum()), settings)
