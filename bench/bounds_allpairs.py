@@ -10,6 +10,7 @@
    wall time, per-layer statistics and how each bound moved.
 
     python bench/bounds_allpairs.py --per-class 20 --speed-pairs 10
+    python bench/bounds_allpairs.py --settled-per-class 200      # pairs settled without a descent
 
 Prints Markdown (copied into bench/bounds.md). Single-threaded torch; the CPU may be shared.
 """
@@ -44,6 +45,26 @@ def _speed(model, xs: np.ndarray, ys: np.ndarray, n: int, layers: list[str]) -> 
     print()
 
 
+def _settled(models, xs: np.ndarray, ys: np.ndarray, grid: list[float]) -> None:
+    """How many pairs each ReLU layer settles without a descent (nothing searched: max_pairs=0)."""
+    from marginkit.bounds import feature_chain, pair_budgets
+
+    print(f"### Pairs settled without a descent, {len(xs)} points, {int((ys == 0).sum() * (ys == 1).sum())} pairs\n")
+    print("| model | layer | settled | of which by the first-ReLU test | left for the descent | seconds |")
+    print("|---|---|---|---|---|---|")
+    for name, model in models.items():
+        prior = pair_budgets(feature_chain(model, "fc1", (1, 28, 28)), xs, ys, "l2")
+        for layer in ("relu1", "relu2", "relu3"):
+            t0 = time.perf_counter()
+            pb = pair_budgets(feature_chain(model, layer, (1, 28, 28)), xs, ys, "l2", eps_grid=grid, prior=prior,
+                              max_pairs=0)
+            inf = pb.info
+            left = inf["pairs"] - inf["settled"]
+            print(f"| {name} | {layer} | {inf['settled']} | {inf['settled_first_relu']} | {left} | "
+                  f"{time.perf_counter() - t0:.1f} |")
+    print()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--per-class", type=int, default=20)
@@ -52,6 +73,8 @@ def main() -> None:
     ap.add_argument("--models", default="standard,pgd")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save", default=None, help="write the two bound tables as CSV with this prefix")
+    ap.add_argument("--settled-per-class", type=int, default=0,
+                    help="count the pairs settled without a descent on this many points per class, then stop")
     args = ap.parse_args()
 
     from marginkit.bounds import balanced_subset, compare_layerwise
@@ -68,6 +91,10 @@ def main() -> None:
         models[meth].eval()
     ds = load_dataset("mnist5k", classes=(3, 7), seed=args.seed)
     x, y = ds.split("train")
+    if args.settled_per_class:
+        idx = balanced_subset(y, args.settled_per_class, args.seed)
+        _settled(models, x[idx].reshape(len(idx), -1).double().numpy(), y[idx].numpy(), grid)
+        return
     idx = balanced_subset(y, args.per_class, args.seed)
     xs, ys = x[idx], y[idx]
     if args.speed_pairs:
