@@ -2,6 +2,7 @@
 marginkit.training (cached under runs/models/presets), compute the layer-wise bounds, print the tables.
 
     python bench/bounds_presets.py fig2-first-linear fig11-cnn-first-conv --out runs/bounds/presets
+    python bench/bounds_presets.py fig6-width --layers input,fc1
     python bench/bounds_presets.py fig3-layers-standard --quick --neighbours 1
 
 Prints Markdown (cross-entropy and 0-1 bounds per model, layer and eps) and the models' test accuracy.
@@ -49,6 +50,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--neighbours", type=int, default=0, help="0: every candidate pair")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--layers", default=None, help="comma-separated layers replacing the presets' own")
     args = ap.parse_args()
 
     from marginkit.bounds.presets import get_preset, run_preset
@@ -62,7 +64,8 @@ def main() -> None:
         t0 = time.perf_counter()
         res = run_preset(p, os.path.join(args.out, name + ("-quick" if args.quick else "")),
                          train=_trainer(ds, ds.input_shape, ds.num_classes, args.seed, "runs/models/presets", acc),
-                         quick=args.quick, neighbours=args.neighbours or None, seed=args.seed)
+                         quick=args.quick, neighbours=args.neighbours or None, seed=args.seed,
+                         layers=tuple(args.layers.split(",")) if args.layers else None)
         df = res.to_frame()
         print(f"## {name} ({p.figure}), {res.settings['points']} points, {time.perf_counter() - t0:.0f} s\n")
         print("test accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in acc.items()) + "\n")

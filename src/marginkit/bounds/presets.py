@@ -147,11 +147,12 @@ def build_extractor(recipe: ModelRecipe, input_shape: tuple[int, ...], num_class
 
 def run_preset(name: str | BoundsPreset, out: str, *, train: Callable[[ModelRecipe], nn.Module],
                quick: bool = False, neighbours: int | None = None, seed: int = 0, progress: bool = False,
-               checkpoint_dir: str | None = None):
+               checkpoint_dir: str | None = None, layers: tuple[str, ...] | None = None):
     """Run a paper experiment: train (through ``train``) every model of the preset, compute the layer-wise
     0-1 and cross-entropy bounds on the preset's points (``quick``: ``quick_per_class`` of them) and write
     ``bounds.csv``, ``layers.csv`` and ``settings.json`` under ``out``. ``neighbours=None`` searches every
-    candidate pair. Returns the :class:`~marginkit.bounds.LayerwiseResult`."""
+    candidate pair; ``layers`` replaces the preset's layers (e.g. only the first linear layer).
+    Returns the :class:`~marginkit.bounds.LayerwiseResult`."""
     from ..data import load_dataset
     from ..results.provenance import atomic_write_bytes
     from .layerwise import _jsonable, balanced_subset, compare_layerwise
@@ -159,6 +160,8 @@ def run_preset(name: str | BoundsPreset, out: str, *, train: Callable[[ModelReci
     preset = get_preset(name) if isinstance(name, str) else name
     if quick:
         preset = preset.quick()
+    if layers is not None:
+        preset = replace(preset, layers=tuple(layers))
     t0 = time.perf_counter()
     ds = load_dataset(preset.dataset, classes=preset.classes, seed=seed)
     models = {}
