@@ -73,3 +73,37 @@ def test_a_broken_verifier_is_detected(tiny, monkeypatch):
     monkeypatch.setattr(C, "verify_collisions", lambda chain, u, *a, **k: np.ones(len(u), dtype=bool))
     broken = find_collisions(ch, u, v, return_delta=True)
     assert _violations(model, "relu1", u, v, broken, exact) != []  # ... and the suite notices when it does not
+
+
+def test_first_relu_certificate_never_contradicts_the_exact_distance():
+    """first_relu_lower_bound claims eps_f > eps; enumeration gives eps_f exactly (one ReLU stage, then a
+    full-column-rank linear map, which adds no collision)."""
+    from marginkit.bounds import first_relu_lower_bound
+    from marginkit.bounds.budgets import injective_tail
+
+    model = build_model(ModelSpec("mlp", (4,), 2, hidden=3, depth=1), seed=2).eval()
+    ch = feature_chain(model, "relu1", (4,))
+    rng = np.random.default_rng(4)
+    u, v = rng.uniform(-1, 1, (30, 4)), rng.uniform(-1, 1, (30, 4))
+    exact = find_collisions(ch, u, v, method="enumerate").budget
+    eps = exact * rng.uniform(0.3, 1.3, 30)
+    cert = first_relu_lower_bound(ch, u, v, eps)
+    assert cert.any() and not cert.all()
+    assert np.all(exact[cert] > eps[cert])
+    lin = build_model(ModelSpec("mlp", (4,), 2, hidden=3, depth=2), seed=2).eval()
+    with torch.no_grad():
+        lin.fc2.weight.copy_(torch.eye(3) * 2.0)
+    assert injective_tail(feature_chain(lin, "fc2", (4,))) is not None
+    assert injective_tail(feature_chain(lin, "relu2", (4,))) is None
+
+
+def test_settling_leaves_every_grid_graph_as_a_full_exact_search_has_it(tiny):
+    """Pairs settled without a search (certified lower bound and verified upper bound in one grid interval)
+    must not change any conflict graph on the grid: compare with enumeration on every pair."""
+    model, x, y = tiny
+    ch = feature_chain(model, "relu1", (4,))
+    settled = pair_budgets(ch, x, y, eps_grid=GRID, method="enumerate")
+    full = pair_budgets(ch, x, y, eps_grid=GRID, method="enumerate", settle=False)
+    assert settled.info["settled"] > 0 and settled.info["settled_first_relu"] > 0
+    for eps in GRID:
+        assert np.array_equal(settled.graph(eps).edges, full.graph(eps).edges)
