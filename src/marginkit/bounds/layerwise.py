@@ -70,13 +70,14 @@ def layerwise_bounds(model: nn.Module, inputs: torch.Tensor, labels: torch.Tenso
                      layers: Sequence[str] | None = None, bounds: tuple[float, float] | None = None,
                      neighbours: int | None = 5, max_pairs: int | None = None, cross_entropy: bool = True,
                      solver: str = "CLARABEL", model_name: str = "model", progress: bool = False,
-                     checkpoint_dir: str | None = None) -> LayerwiseResult:
+                     checkpoint_dir: str | None = None, settle: bool = True) -> LayerwiseResult:
     """Lower bounds on the robust 0-1 and cross-entropy losses of any classifier built on each layer.
 
     ``inputs`` (N, ...) are the vertices (training points) with ``labels``; ``layers`` defaults to
     :func:`analysis_layers` (input, then every layer up to the penultimate). ``bounds=None`` follows the
     paper (perturbed points may leave the box); ``neighbours``/``max_pairs`` limit the ReLU descent (see
-    :func:`pair_budgets`). With ``checkpoint_dir`` every layer's verified pair budgets are saved as
+    :func:`pair_budgets`; ``settle=False`` searches pairs that a certified lower bound shows cannot change
+    any graph on the grid too). With ``checkpoint_dir`` every layer's verified pair budgets are saved as
     soon as they are found, keyed on the model's weights, the points and every setting, so an interrupted
     run resumes at the first unfinished layer.
     """
@@ -105,7 +106,7 @@ def layerwise_bounds(model: nn.Module, inputs: torch.Tensor, labels: torch.Tenso
         ckpt = None
         if checkpoint_dir is not None:
             key = _layer_key(model, x, y, name, depth, norm.value, eps_grid, bounds, neighbours, max_pairs, solver,
-                             "settled-direct")
+                             "settled-direct" if settle else "direct")
             ckpt = os.path.join(checkpoint_dir, f"{model_name}-{depth:02d}-{name}-{key}.npz")
         pb = _load_budgets(ckpt) if ckpt and os.path.exists(ckpt) else None
         chain = feature_chain(model, name, input_shape)
@@ -119,7 +120,7 @@ def layerwise_bounds(model: nn.Module, inputs: torch.Tensor, labels: torch.Tenso
             pb = PairBudgets(prior.i, prior.j, prior.budget.copy(), prior.labels, info)
         if pb is None:
             pb = pair_budgets(chain, x, y, norm, eps_grid=eps_grid, bounds=bounds, prior=prior, neighbours=neighbours,
-                              max_pairs=max_pairs, solver=solver, progress=progress)
+                              max_pairs=max_pairs, solver=solver, progress=progress, settle=settle)
             if ckpt:
                 _save_budgets(ckpt, pb)
         t1 = time.perf_counter()
@@ -132,7 +133,7 @@ def layerwise_bounds(model: nn.Module, inputs: torch.Tensor, labels: torch.Tenso
         budgets[name] = pb
         prior, prev_chain, prev_name = pb, chain, name
     settings = {"norm": norm.value, "eps_grid": eps_grid, "bounds": bounds, "neighbours": neighbours,
-                "max_pairs": max_pairs, "solver": solver, "points": int(len(x)),
+                "max_pairs": max_pairs, "solver": solver, "settle": settle, "points": int(len(x)),
                 "per_class": {int(c): int((y == c).sum()) for c in np.unique(y)}, "layers": names}
     return LayerwiseResult(rows, stats, settings, time.perf_counter() - t0, budgets)
 
