@@ -1,10 +1,12 @@
-"""Soundness of the layer-wise lower bounds.
+"""Soundness of the layer-wise lower bounds, checked against quantities computed independently of the
+collision search (the monotonicity from layer to layer holds by construction and is not tested here):
 
-* the input-space bound (all classifiers) is <= every layer's bound (classifiers restricted to a layer);
 * a layer's bound is <= the robust loss of an actual classifier trained on top of it and attacked:
   exactly for a linear layer + logistic head (the composite is affine, so
   ``marginkit.margins.affine_input_margin`` gives the exact robust 0-1 loss and the worst-case logit gap
-  gives the exact robust cross-entropy), and against PGD for a ReLU layer + logistic head.
+  gives the exact robust cross-entropy), with the minimal-norm engine (``marginkit.attacks.input_margin``)
+  for ReLU layers + logistic head (box [0, 1] on both sides), and against PGD (cross-entropy);
+* a box only weakens the adversary, so the boxed bound is never above the unconstrained one.
 """
 
 from collections import OrderedDict
@@ -41,8 +43,8 @@ def problem():
         opt.step()
     model.eval()
     res = layerwise_bounds(model, x, y, "l2", EPS, neighbours=None)
-    boxed = layerwise_bounds(model, x, y, "l2", EPS, neighbours=3, bounds=(0.0, 1.0), layers=["input", "fc1", "relu1"],
-                             cross_entropy=False)
+    boxed = layerwise_bounds(model, x, y, "l2", EPS, neighbours=3, bounds=(0.0, 1.0), cross_entropy=False,
+                             layers=["input", "fc1", "relu1"])
     return model, x, y, res.to_frame(), boxed.to_frame()
 
 
@@ -50,21 +52,11 @@ def _curve(df, layer, loss):
     return df[df["layer"] == layer].sort_values("eps")[loss].to_numpy()
 
 
-def test_input_bound_below_every_layer_and_layers_monotone(problem):
+def test_bounds_are_not_trivial_and_a_box_only_lowers_them(problem):
     _, _, _, df, boxed = problem
-    layers = ["input", "fc1", "relu1", "fc2", "relu2"]
-    assert list(dict.fromkeys(df["layer"])) == layers
-    for loss in ("zero_one", "cross_entropy"):
-        base = _curve(df, "input", loss)
-        prev = base
-        for layer in layers[1:]:
-            cur = _curve(df, layer, loss)
-            assert np.all(cur >= base - 1e-6), (layer, loss)
-            assert np.all(cur >= prev - 1e-6), (layer, loss)  # later features are functions of earlier ones
-            prev = cur
-    # the bounds are not all trivial: some layer loses robustness at some eps
+    assert list(dict.fromkeys(df["layer"])) == ["input", "fc1", "relu1", "fc2", "relu2"]
+    # some layer loses robustness at some eps (so the comparisons below are not vacuous)
     assert (_curve(df, "relu2", "zero_one") - _curve(df, "input", "zero_one")).max() > 0.1
-    # a box only weakens the adversary, so the boxed bound is never above the unconstrained one
     for layer in ("input", "fc1", "relu1"):
         assert np.all(_curve(boxed, layer, "zero_one") <= _curve(df, layer, "zero_one") + 1e-9)
 
@@ -138,3 +130,26 @@ def test_bad_inputs_are_rejected(problem):
         layerwise_bounds(model, x, y[:-1], "l2", EPS)
     with pytest.raises(ValueError, match="eps_grid"):
         layerwise_bounds(model, x, y, "l2", [-1.0])
+
+
+def test_relu_layer_bound_below_minimal_norm_robust_loss_of_a_trained_head(problem):
+    """Boxed bound <= robust 0-1 loss of (layer + logistic head) measured by the minimal-norm engine: any
+    classifier on the layer, this one included, loses at least the bound. The engine's margins are upper
+    bounds, so its robust loss can only be too small, never too large: a violation is a real failure of
+    the bound (or a very weak attack: on this tiny network relu2 is nearly dead and gradient attacks stall
+    there, so the check runs on relu1)."""
+    from marginkit.attacks import input_margin
+
+    model, x, y, _, boxed = problem
+    layer = "relu1"
+    feat = truncate(model, layer).double().eval()
+    with torch.no_grad():
+        z = feat(x.double())
+    head = _logistic_head(z, y)
+    clf = nn.Sequential(OrderedDict(features=feat, head=head)).double().eval()
+    res = input_margin(clf, x.double(), y, "l2", budget=400)
+    upper = res.upper.double().numpy()
+    bound = _curve(boxed, layer, "zero_one")
+    robust = np.array([np.mean(upper <= eps) for eps in EPS])
+    assert np.all(bound <= robust + 1e-9), (bound, robust)
+    assert bound.max() > 0 and robust.max() > 0  # not vacuous

@@ -174,7 +174,7 @@ class _Geometry:
 def _initial_patterns(geo: _Geometry, u: np.ndarray, v: np.ndarray) -> tuple[list, list]:
     """Activation patterns of the midpoint (u + v) / 2 at every ReLU stage, for both sides (Alg. 1/2, line 1-3)."""
     m = torch.from_numpy(0.5 * (u + v))[None]
-    pats = []
+    pats: list[np.ndarray | None] = []
     z = m.reshape(1, -1).to(torch.float64)
     for st in geo.chain.stages:
         z = st.apply(z)
@@ -184,6 +184,136 @@ def _initial_patterns(geo: _Geometry, u: np.ndarray, v: np.ndarray) -> tuple[lis
         else:
             pats.append(None)
     return pats, [p.copy() if p is not None else None for p in pats]
+
+
+@dataclass
+class _ProgramData:
+    """The data of one activation polytope's cone program: sign constraints G beta + g >= 0 per ReLU stage
+    (``sign``: (stage index, G_u, g_u, G_v, g_v)) and the feature equality E_u beta_u - E_v beta_v = e."""
+
+    sign: list
+    Eu: np.ndarray
+    Ev: np.ndarray
+    e: np.ndarray
+
+
+def _program_data(geo: _Geometry, u: np.ndarray, v: np.ndarray, pu: list, pv: list,
+                  R1: np.ndarray | None = None) -> _ProgramData:
+    """Appendix C/D: the sign constraints of every ReLU stage under patterns (pu, pv) and the equality of the
+    features (last stage a ReLU: its active rows; last stage linear: its row space)."""
+    stages = geo.chain.stages
+    pieces_u, pieces_v = geo.affine_pieces(u, pu), geo.affine_pieces(v, pv)
+    sign = []
+    for i, st in enumerate(stages):
+        if not st.relu:
+            continue
+        (Au, cu), (Av, cv) = pieces_u[i], pieces_v[i]
+        su, sv = 2 * pu[i] - 1, 2 * pv[i] - 1
+        sign.append((i, Au * su[:, None], su * cu, Av * sv[:, None], sv * cv))
+    (Au, cu), (Av, cv) = pieces_u[-1], pieces_v[-1]
+    if stages[-1].relu:
+        s = pu[-1]
+        return _ProgramData(sign, Au * s[:, None], Av * s[:, None], s * (cv - cu))
+    if len(stages) == 1:
+        R1 = R1 if R1 is not None else row_basis(geo.mats[0][0].T @ geo.mats[0][0])[0].T
+        return _ProgramData(sign, R1, R1, R1 @ np.linalg.lstsq(Au, cv - cu, rcond=None)[0])
+    R = geo.final_rows
+    assert R is not None
+    (Pu, qu), (Pv, qv) = pieces_u[-2], pieces_v[-2]
+    hu_A, hu_c = Pu * pu[-2][:, None], qu * pu[-2]
+    hv_A, hv_c = Pv * pv[-2][:, None], qv * pv[-2]
+    return _ProgramData(sign, R @ hu_A, R @ hv_A, R @ (hv_c - hu_c))
+
+
+class _ClarabelProgram:
+    """The cone program of one activation polytope (appendix D) handed to Clarabel directly, l2 ball only.
+
+    Same program and dual convention as :class:`_Program` (duals of ``G beta + g >= 0`` are >= 0), but the
+    constraint matrix is assembled with numpy/scipy and passed straight to the interior-point solver: no
+    cvxpy canonicalisation per solve. Rows of the masked equality that are identically zero (inactive
+    ReLUs of the last stage) are dropped.
+    """
+
+    def __init__(self, geo: _Geometry, settings: dict | None = None):
+        if geo.norm is not Norm.L2:
+            raise ValueError("the direct Clarabel program covers the l2 ball only")
+        self.geo = geo
+        self.settings = dict(settings or {})
+        self._x: np.ndarray | None = None
+        self._z: np.ndarray | None = None
+        self._slices: dict[int, tuple[slice, slice]] = {}
+        self.value = np.nan
+
+    def set(self, u: np.ndarray, v: np.ndarray, pu: list, pv: list) -> None:
+        from scipy import sparse
+
+        geo, d = self.geo, self.geo.dim
+        data = _program_data(geo, u, v, pu, pv)
+        keep = (np.abs(data.Eu).sum(1) + np.abs(data.Ev).sum(1)) > 0
+        zero_col = lambda n: sparse.csr_matrix((n, 1))  # noqa: E731
+        blocks = [[zero_col(int(keep.sum())), sparse.csr_matrix(data.Eu[keep]), sparse.csr_matrix(-data.Ev[keep])]]
+        rhs = [data.e[keep]]
+        n_nonneg = 0
+        self._slices = {}
+        for i, Gu, gu, Gv, gv in data.sign:
+            nu, nv = len(gu), len(gv)
+            blocks.append([zero_col(nu), sparse.csr_matrix(-Gu), sparse.csr_matrix((nu, d))])
+            blocks.append([zero_col(nv), sparse.csr_matrix((nv, d)), sparse.csr_matrix(-Gv)])
+            rhs += [gu, gv]
+            self._slices[i] = (slice(n_nonneg, n_nonneg + nu), slice(n_nonneg + nu, n_nonneg + nu + nv))
+            n_nonneg += nu + nv
+        if geo.bounds is not None:
+            lo, hi = geo.bounds
+            eye, zero = sparse.identity(d, format="csr"), sparse.csr_matrix((d, d))
+            blocks += [[zero_col(d), -eye, zero], [zero_col(d), eye, zero],
+                       [zero_col(d), zero, -eye], [zero_col(d), zero, eye]]
+            rhs += [u - lo, hi - u, v - lo, hi - v]
+            n_nonneg += 4 * d
+        t_row = sparse.csr_matrix(([-1.0], ([0], [0])), shape=(1, 1))
+        eye, zero = sparse.identity(d, format="csr"), sparse.csr_matrix((d, d))
+        blocks += [[t_row, sparse.csr_matrix((1, d)), sparse.csr_matrix((1, d))], [zero_col(d), -eye, zero],
+                   [t_row, sparse.csr_matrix((1, d)), sparse.csr_matrix((1, d))], [zero_col(d), zero, -eye]]
+        rhs += [np.zeros(d + 1), np.zeros(d + 1)]
+        self._A = sparse.bmat(blocks, format="csc")
+        self._b = np.concatenate(rhs)
+        self._cones = (int(keep.sum()), n_nonneg, d + 1)
+        self._offset = int(keep.sum())
+
+    def solve(self, solver: str = "CLARABEL", **opts) -> bool:
+        import clarabel
+        from scipy import sparse
+
+        n = 1 + 2 * self.geo.dim
+        q = np.zeros(n)
+        q[0] = 1.0
+        n_eq, n_nonneg, soc = self._cones
+        cones = ([clarabel.ZeroConeT(n_eq)] if n_eq else []) + ([clarabel.NonnegativeConeT(n_nonneg)] if n_nonneg else [])
+        cones += [clarabel.SecondOrderConeT(soc), clarabel.SecondOrderConeT(soc)]
+        st = clarabel.DefaultSettings()
+        st.verbose = False
+        for k, val in {**self.settings, **opts}.items():
+            setattr(st, k, val)
+        try:
+            sol = clarabel.DefaultSolver(sparse.csc_matrix((n, n)), q, self._A, self._b, cones, st).solve()
+        except Exception:  # noqa: BLE001 -- a failed solve only ends this pair's descent
+            return False
+        if str(sol.status) not in ("Solved", "AlmostSolved"):
+            return False
+        self._x, self._z = np.asarray(sol.x), np.asarray(sol.z)
+        self.value = float(sol.obj_val)
+        return True
+
+    def primal(self) -> tuple[np.ndarray, np.ndarray]:
+        d = self.geo.dim
+        assert self._x is not None
+        return self._x[1:1 + d], self._x[1 + d:]
+
+    def duals(self, i: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+        if self._z is None or i not in self._slices:
+            return None, None
+        su, sv = self._slices[i]
+        z = self._z[self._offset:]
+        return z[su], z[sv]
 
 
 class _Program:
@@ -206,14 +336,14 @@ class _Program:
         d = geo.dim
         stages = geo.chain.stages
         self.bu, self.bv, self.t = cp.Variable(d), cp.Variable(d), cp.Variable()
-        p = _P[geo.norm]
+        p: int | str = _P[geo.norm]  # type: ignore[assignment]
         cons = [cp.norm(self.bu, p) <= self.t, cp.norm(self.bv, p) <= self.t]
         self.xu = self.xv = None
         if geo.bounds is not None:
             lo, hi = geo.bounds
             self.xu, self.xv = cp.Parameter(d), cp.Parameter(d)
             cons += [self.xu + self.bu >= lo, self.xu + self.bu <= hi, self.xv + self.bv >= lo, self.xv + self.bv <= hi]
-        self.sign = []
+        self.sign: list = []
         for st in stages:
             if not st.relu:
                 self.sign.append(None)
@@ -229,38 +359,23 @@ class _Program:
             self.R1 = row_basis(geo.mats[0][0].T @ geo.mats[0][0])[0].T
             n_eq = self.R1.shape[0]
         else:
+            assert geo.final_rows is not None
             n_eq = geo.final_rows.shape[0]
         self.Eu, self.Ev, self.e = cp.Parameter((n_eq, d)), cp.Parameter((n_eq, d)), cp.Parameter(n_eq)
         cons.append(self.Eu @ self.bu - self.Ev @ self.bv == self.e)
         self.problem = cp.Problem(cp.Minimize(self.t), cons)
 
     def set(self, u: np.ndarray, v: np.ndarray, pu: list, pv: list) -> None:
-        geo = self.geo
-        stages = geo.chain.stages
-        pieces_u, pieces_v = geo.affine_pieces(u, pu), geo.affine_pieces(v, pv)
-        if self.xu is not None:
+        data = _program_data(self.geo, u, v, pu, pv, getattr(self, "R1", None))
+        if self.xu is not None and self.xv is not None:
             self.xu.value, self.xv.value = u, v
-        for i, st in enumerate(stages):
-            if not st.relu:
-                continue
-            Gu, gu, Gv, gv, _, _ = self.sign[i]
-            (Au, cu), (Av, cv) = pieces_u[i], pieces_v[i]
-            su, sv = 2 * pu[i] - 1, 2 * pv[i] - 1
-            Gu.value, gu.value, Gv.value, gv.value = Au * su[:, None], su * cu, Av * sv[:, None], sv * cv
-        (Au, cu), (Av, cv) = pieces_u[-1], pieces_v[-1]
-        if stages[-1].relu:
-            s = pu[-1]
-            self.Eu.value, self.Ev.value, self.e.value = Au * s[:, None], Av * s[:, None], s * (cv - cu)
-        elif len(stages) == 1:
-            R = self.R1
-            self.Eu.value, self.Ev.value = R, R
-            self.e.value = R @ np.linalg.lstsq(Au, cv - cu, rcond=None)[0]
-        else:
-            R = geo.final_rows
-            (Pu, qu), (Pv, qv) = pieces_u[-2], pieces_v[-2]
-            hu_A, hu_c = Pu * pu[-2][:, None], qu * pu[-2]
-            hv_A, hv_c = Pv * pv[-2][:, None], qv * pv[-2]
-            self.Eu.value, self.Ev.value, self.e.value = R @ hu_A, R @ hv_A, R @ (hv_c - hu_c)
+        for i, Gu, gu, Gv, gv in data.sign:
+            P = self.sign[i]
+            P[0].value, P[1].value, P[2].value, P[3].value = Gu, gu, Gv, gv
+        self.Eu.value, self.Ev.value, self.e.value = data.Eu, data.Ev, data.e
+
+    def primal(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.asarray(self.bu.value), np.asarray(self.bv.value)
 
     def duals(self, i: int) -> tuple[np.ndarray | None, np.ndarray | None]:
         cu, cv = self.sign[i][4], self.sign[i][5]
@@ -276,7 +391,7 @@ class _Program:
         return self.problem.status in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE) and self.bu.value is not None
 
 
-def _flip(geo: _Geometry, prog: _Program, pu: list, pv: list, dual_tol: float) -> tuple[list, list, bool]:
+def _flip(geo: _Geometry, prog, pu: list, pv: list, dual_tol: float) -> tuple[list, list, bool]:
     """Algorithm 2 lines 9-23: flip earlier-layer ReLUs whose sign constraint has a positive dual on that
     side; flip a last-layer ReLU only when both sides' duals are positive."""
     stages = geo.chain.stages
@@ -308,8 +423,9 @@ def _flip(geo: _Geometry, prog: _Program, pu: list, pv: list, dual_tol: float) -
     return pu, pv, changed
 
 
-def _descent_one(prog: _Program, u: np.ndarray, v: np.ndarray, solver: str, solver_opts: dict, max_iter: int,
-                 dual_tol: float, atol: float, rtol: float) -> tuple[float, np.ndarray, np.ndarray, int, str]:
+def _descent_one(prog, u: np.ndarray, v: np.ndarray, solver: str, solver_opts: dict, max_iter: int,
+                 dual_tol: float, atol: float, rtol: float,
+                 stop: float = -np.inf) -> tuple[float, np.ndarray, np.ndarray, int, str]:
     """Algorithm 1 / 2 for one pair; returns the best VERIFIED (budget, delta_u, delta_v, programs, status)."""
     geo = prog.geo
     norm = geo.norm
@@ -324,13 +440,17 @@ def _descent_one(prog: _Program, u: np.ndarray, v: np.ndarray, solver: str, solv
         if not prog.solve(solver, **solver_opts):
             status = "solver-failed"
             break
-        du, dv = geo.lift(np.asarray(prog.bu.value)), geo.lift(np.asarray(prog.bv.value))
+        bu, bv = prog.primal()
+        du, dv = geo.lift(bu), geo.lift(bv)
         if geo.bounds is not None:  # solver-tolerance excursions outside the box are clipped away
             du = np.clip(u + du, *geo.bounds) - u
             dv = np.clip(v + dv, *geo.bounds) - v
         eps = float(max(_norms(du, norm), _norms(dv, norm)))
         if eps < best and verify_collisions(geo.chain, u[None], v[None], du[None], dv[None], atol, rtol)[0]:
             best, best_du, best_dv = eps, du, dv
+        if best <= stop:
+            status = "reached-target"
+            break
         if all(not st.relu for st in geo.chain.stages):
             status = "converged"
             break
@@ -342,7 +462,7 @@ def _descent_one(prog: _Program, u: np.ndarray, v: np.ndarray, solver: str, solv
     return best, best_du, best_dv, it, status
 
 
-def _enumerate_one(prog: _Program, u: np.ndarray, v: np.ndarray, solver: str, solver_opts: dict,
+def _enumerate_one(prog, u: np.ndarray, v: np.ndarray, solver: str, solver_opts: dict,
                    atol: float, rtol: float, max_programs: int) -> tuple[float, np.ndarray, np.ndarray, int, str]:
     """Exact eps_f: the minimum over every activation polytope (tiny networks only)."""
     geo = prog.geo
@@ -360,10 +480,10 @@ def _enumerate_one(prog: _Program, u: np.ndarray, v: np.ndarray, solver: str, so
     best_du, best_dv = 0.5 * (v - u), 0.5 * (u - v)
     best = float(_norms(best_du, geo.norm))
     count = 0
-    for combo in itertools.product((0.0, 1.0), repeat=total):
-        combo = np.array(combo)
-        pu = [None] * len(stages)
-        pv = [None] * len(stages)
+    for bits_on in itertools.product((0.0, 1.0), repeat=total):
+        combo = np.array(bits_on)
+        pu: list = [None] * len(stages)
+        pv: list = [None] * len(stages)
         pos = 0
         for kind, i, n in bits:
             pu[i] = combo[pos:pos + n].copy()
@@ -377,7 +497,8 @@ def _enumerate_one(prog: _Program, u: np.ndarray, v: np.ndarray, solver: str, so
         count += 1
         if not prog.solve(solver, **solver_opts):
             continue
-        du, dv = geo.lift(np.asarray(prog.bu.value)), geo.lift(np.asarray(prog.bv.value))
+        bu, bv = prog.primal()
+        du, dv = geo.lift(bu), geo.lift(bv)
         eps = float(max(_norms(du, geo.norm), _norms(dv, geo.norm)))
         if eps < best and verify_collisions(geo.chain, u[None], v[None], du[None], dv[None], atol, rtol)[0]:
             best, best_du, best_dv = eps, du, dv
@@ -392,17 +513,23 @@ def find_collisions(chain: FeatureChain, u: np.ndarray | torch.Tensor, v: np.nda
                     norm: Norm | str = "l2", *, bounds: tuple[float, float] | None = None, method: str = "auto",
                     solver: str = "CLARABEL", solver_opts: dict | None = None, max_iter: int = 50,
                     dual_tol: float = 1e-6, atol: float = 1e-6, rtol: float = 1e-6, return_delta: bool = False,
-                    max_programs: int = 4096, progress: bool = False) -> CollisionResult:
+                    max_programs: int = 4096, progress: bool = False, direct: bool = True,
+                    stop_below: np.ndarray | None = None) -> CollisionResult:
     """Verified collisions f(u_i + delta_i) = f(v_i + delta'_i) for the pairs (u_i, v_i) (rows of u and v).
 
     ``method``: "auto" (closed form when it applies, else "descent"), "closed-form", "cone" (the affine
     cone program of section 3.1), "descent" (Algorithms 1/2), "enumerate" (exact, tiny networks).
-    ``solver`` is any cvxpy solver name (Clarabel by default; "SCS" for the benchmark comparison).
+    ``solver`` is any cvxpy solver name (Clarabel by default; "SCS" for the benchmark comparison). With
+    ``direct`` (default), l2 and Clarabel, each cone program goes to Clarabel without cvxpy (same program,
+    same duals, a fraction of the overhead). ``stop_below`` (P,) ends pair i's descent as soon as a verified
+    budget <= stop_below[i] is found (a caller that only needs to know whether eps_f <= some eps).
     """
     t0 = time.perf_counter()
     norm = as_norm(norm)
-    u = np.asarray(u.detach().cpu() if isinstance(u, torch.Tensor) else u, dtype=np.float64).reshape(len(u), -1)
-    v = np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v, dtype=np.float64).reshape(len(v), -1)
+    u = np.asarray(u.detach().cpu() if isinstance(u, torch.Tensor) else u, dtype=np.float64)
+    v = np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v, dtype=np.float64)
+    u = u.reshape(len(u), -1) if u.size else u.reshape(len(u), chain.input_dim)
+    v = v.reshape(len(v), -1) if v.size else v.reshape(len(v), chain.input_dim)
     if u.shape != v.shape or u.shape[1] != chain.input_dim:
         raise ValueError(f"u and v must both have shape (P, {chain.input_dim}), got {u.shape} and {v.shape}")
     if not (np.isfinite(u).all() and np.isfinite(v).all()):
@@ -437,11 +564,17 @@ def find_collisions(chain: FeatureChain, u: np.ndarray | torch.Tensor, v: np.nda
         du = 0.5 * (v - u)
         budget[:] = _norms(du, norm)
         status = ["midpoint"] * P
-        if return_delta:
+        if dus is not None and dvs is not None:
             dus[:], dvs[:] = du, -du
         return CollisionResult(budget, dus, dvs, iters, status, time.perf_counter() - t0, 0, settings)
     geo = _Geometry.build(chain, norm, bounds)
-    prog = _Program(geo)
+    use_direct = direct and solver.upper() == "CLARABEL" and norm is Norm.L2
+    prog: _Program | _ClarabelProgram = _ClarabelProgram(geo, solver_opts) if use_direct else _Program(geo)
+    settings["direct"] = use_direct
+    if stop_below is not None:
+        stop_below = np.asarray(stop_below, dtype=np.float64).reshape(-1)
+        if stop_below.shape != (P,):
+            raise ValueError(f"stop_below must have shape ({P},), got {stop_below.shape}")
     rng = range(P)
     if progress:
         from tqdm.auto import tqdm
@@ -449,11 +582,14 @@ def find_collisions(chain: FeatureChain, u: np.ndarray | torch.Tensor, v: np.nda
         rng = tqdm(rng, desc=f"collisions {chain.name}", leave=False)
     for i in rng:
         if method == "enumerate":
-            b, du, dv, n_prog, st = _enumerate_one(prog, u[i], v[i], solver, opts, atol, rtol, max_programs)
+            b, du, dv, n_prog, st = _enumerate_one(prog, u[i], v[i], solver, {} if use_direct else opts, atol, rtol,
+                                                   max_programs)
         else:
-            b, du, dv, n_prog, st = _descent_one(prog, u[i], v[i], solver, opts, max_iter, dual_tol, atol, rtol)
+            stop = -np.inf if stop_below is None else float(stop_below[i])
+            b, du, dv, n_prog, st = _descent_one(prog, u[i], v[i], solver, {} if use_direct else opts, max_iter,
+                                                 dual_tol, atol, rtol, stop)
         budget[i], iters[i] = b, n_prog
         status.append(st)
-        if return_delta:
+        if dus is not None and dvs is not None:
             dus[i], dvs[i] = du, dv
     return CollisionResult(budget, dus, dvs, iters, status, time.perf_counter() - t0, int(iters.sum()), settings)

@@ -25,7 +25,7 @@ from ..checks import check_inputs, check_labels
 from ..models.checkpoint import model_fingerprint
 from ..norms import as_norm
 from ..results.provenance import atomic_write_bytes
-from .budgets import pair_budgets
+from .budgets import injective_tail, pair_budgets
 from .extractors import analysis_layers, feature_chain
 from .graph import PairBudgets, bound_curves
 
@@ -70,13 +70,14 @@ def layerwise_bounds(model: nn.Module, inputs: torch.Tensor, labels: torch.Tenso
                      layers: Sequence[str] | None = None, bounds: tuple[float, float] | None = None,
                      neighbours: int | None = 5, max_pairs: int | None = None, cross_entropy: bool = True,
                      solver: str = "CLARABEL", model_name: str = "model", progress: bool = False,
-                     checkpoint_dir: str | None = None) -> LayerwiseResult:
+                     checkpoint_dir: str | None = None, settle: bool = True) -> LayerwiseResult:
     """Lower bounds on the robust 0-1 and cross-entropy losses of any classifier built on each layer.
 
     ``inputs`` (N, ...) are the vertices (training points) with ``labels``; ``layers`` defaults to
     :func:`analysis_layers` (input, then every layer up to the penultimate). ``bounds=None`` follows the
     paper (perturbed points may leave the box); ``neighbours``/``max_pairs`` limit the ReLU descent (see
-    :func:`pair_budgets`). With ``checkpoint_dir`` every layer's verified pair budgets are saved as
+    :func:`pair_budgets`; ``settle=False`` searches pairs that a certified lower bound shows cannot change
+    any graph on the grid too). With ``checkpoint_dir`` every layer's verified pair budgets are saved as
     soon as they are found, keyed on the model's weights, the points and every setting, so an interrupted
     run resumes at the first unfinished layer.
     """
@@ -95,6 +96,7 @@ def layerwise_bounds(model: nn.Module, inputs: torch.Tensor, labels: torch.Tenso
     y = labels.detach().cpu().numpy()
     rows, stats, budgets = [], [], {}
     prior = None
+    prev_chain, prev_name = None, None
     it = names
     if progress:
         from tqdm.auto import tqdm
@@ -103,13 +105,22 @@ def layerwise_bounds(model: nn.Module, inputs: torch.Tensor, labels: torch.Tenso
     for depth, name in enumerate(it):
         ckpt = None
         if checkpoint_dir is not None:
-            key = _layer_key(model, x, y, name, depth, norm.value, eps_grid, bounds, neighbours, max_pairs, solver)
+            key = _layer_key(model, x, y, name, depth, norm.value, eps_grid, bounds, neighbours, max_pairs, solver,
+                             "settled-direct" if settle else "direct")
             ckpt = os.path.join(checkpoint_dir, f"{model_name}-{depth:02d}-{name}-{key}.npz")
         pb = _load_budgets(ckpt) if ckpt and os.path.exists(ckpt) else None
+        chain = feature_chain(model, name, input_shape)
+        tail = injective_tail(chain)
+        if pb is None and prior is not None and tail is not None and prev_chain is not None \
+                and len(tail.stages) == len(prev_chain.stages) and prev_chain.stages and prev_chain.stages[-1].relu:
+            # an affine layer of full column rank after the previous layer adds no collision: same budgets
+            info = {**prior.info, "layer": name, "method": "injective-reuse", "searched": 0, "programs": 0,
+                    "seconds": 0.0, "reused_from": prev_name}
+            info.pop("collisions_per_second", None)
+            pb = PairBudgets(prior.i, prior.j, prior.budget.copy(), prior.labels, info)
         if pb is None:
-            chain = feature_chain(model, name, input_shape)
             pb = pair_budgets(chain, x, y, norm, eps_grid=eps_grid, bounds=bounds, prior=prior, neighbours=neighbours,
-                              max_pairs=max_pairs, solver=solver, progress=progress)
+                              max_pairs=max_pairs, solver=solver, progress=progress, settle=settle)
             if ckpt:
                 _save_budgets(ckpt, pb)
         t1 = time.perf_counter()
@@ -120,9 +131,9 @@ def layerwise_bounds(model: nn.Module, inputs: torch.Tensor, labels: torch.Tenso
         stats.append({"model": model_name, **{k: v for k, v in pb.info.items() if k != "layer"}, "layer": name,
                       "depth": depth, "bound_seconds": time.perf_counter() - t1})
         budgets[name] = pb
-        prior = pb
+        prior, prev_chain, prev_name = pb, chain, name
     settings = {"norm": norm.value, "eps_grid": eps_grid, "bounds": bounds, "neighbours": neighbours,
-                "max_pairs": max_pairs, "solver": solver, "points": int(len(x)),
+                "max_pairs": max_pairs, "solver": solver, "settle": settle, "points": int(len(x)),
                 "per_class": {int(c): int((y == c).sum()) for c in np.unique(y)}, "layers": names}
     return LayerwiseResult(rows, stats, settings, time.perf_counter() - t0, budgets)
 
