@@ -2,7 +2,7 @@
 
 1. Score level (orthonormal head, scores free per point), exact per-point minimisation
    (:func:`marginkit.training.fisher.score_level_check`): random discrete distributions (5 points,
-   C in {3, 5} classes, posteriors ~ Dirichlet(a), a in {0.3, 1, 5}, 100 distributions each) x
+   C in {3, 5} classes, posteriors ~ Dirichlet(a), a in {0.3, 1, 5}, --dists distributions each) x
    lam in {0, 0.01, 0.1, 1, 10, 100} x tau in {0.1, 1, 5, 40}.
 2. As trained (shared head with normalised rows and a bias, free features, orthogonality beta): Adam
    from several starts (:func:`head_level_check`) on two hand-made distributions with near ties and a
@@ -32,15 +32,17 @@ HAND = {
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--head-steps", type=int, default=1500)
-    ap.add_argument("--head-restarts", type=int, default=4)
+    ap.add_argument("--head-steps", type=int, default=800)
+    ap.add_argument("--head-restarts", type=int, default=3)
     ap.add_argument("--skip-head", action="store_true")
+    ap.add_argument("--dists", type=int, default=30, help="random distributions per (classes, concentration)")
+    ap.add_argument("--hand", default=",".join(HAND), help="hand-made distributions for the head-level check")
     args = ap.parse_args()
     t0 = time.perf_counter()
     score_rows = []
     for classes in (3, 5):
         for conc in (0.3, 1.0, 5.0):
-            for d in range(100):
+            for d in range(args.dists):
                 eta = random_posteriors(5, classes, concentration=conc, seed=1000 * classes + 10 * int(10 * conc) + d)
                 p = np.random.default_rng(d).dirichlet(np.ones(5))
                 for lam in (0.0, 0.01, 0.1, 1.0, 10.0, 100.0):
@@ -55,7 +57,8 @@ def main() -> None:
           f"smallest slack {min(r['min_slack'] for r in score_rows):.3g}; {time.perf_counter() - t0:.0f} s")
     head_rows = []
     if not args.skip_head:
-        for name, (p, eta) in HAND.items():
+        for name in args.hand.split(","):
+            p, eta = HAND[name]
             for lam in (0.1, 1.0):
                 for beta in (1e-3, 1.0):
                     t1 = time.perf_counter()
