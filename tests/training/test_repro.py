@@ -166,3 +166,16 @@ def test_head_level_check_runs_and_keeps_bayes_on_a_clear_case():
     eta = np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]])
     chk = head_level_check(np.full(3, 1 / 3), eta, 0.1, 1.0, 1.0, restarts=1, steps=60)
     assert chk.consistent and chk.predicted == [0, 1, 2]
+
+
+def test_offset_minimum_reduces_to_the_score_level_without_bias():
+    from marginkit.training.fisher import offset_score_minimum
+
+    eta = np.array([[0.5, 0.3, 0.2], [0.3, 0.36, 0.34]])
+    r0, _ = score_level_minimum(eta, 0.5, 1.0)
+    r1 = offset_score_minimum(eta, 0.5, 1.0, np.zeros((1, 3)))[0]
+    assert np.allclose(r0, r1, atol=1e-9)
+    # A bias only shifts which gaps the margin term sees: at lam = 0 it changes nothing.
+    r2 = offset_score_minimum(eta, 0.0, 1.0, np.array([[0.0, 1.0, -2.0]]))[0]
+    r3, _ = score_level_minimum(eta, 0.0, 1.0)
+    assert np.allclose(r2, r3, atol=1e-9)

@@ -22,6 +22,7 @@ argmax_y eta_iy at every point with a unique Bayes class. Two parametrisations a
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
@@ -220,3 +221,90 @@ def head_level_check(p: Sequence[float] | np.ndarray, eta: np.ndarray, lam: floa
               "score_level_risk": float(pt.numpy() @ risk_s.min(1))}
     return FisherCheck("head", float(lam), float(tau), float(beta), ok, bayes.tolist(), pred.tolist(), [],
                        float(best[top]), detail)
+
+
+def offset_score_minimum(eta: np.ndarray, lam: float, tau: float, offsets: np.ndarray,
+                         iters: int = 60) -> np.ndarray:
+    """Per-point minimum of eq. (15) with an orthonormal head *and a bias* b, for each predicted class.
+
+    With W orthogonal (what beta -> infinity enforces) and logits s = W Phi + b, the margin term of
+    eq. (15) sees W Phi = s - b, not s: for prediction j and margin level g the constraints are
+    s_j - s_k >= c_k = max(0, g + b_j - b_k), whose CE minimum has the closed form
+    p_k = min(eta_k, p_j e^{-c_k}) (KKT). The value is convex in g and minimised by golden section; the
+    branch without reward (only s_j >= s_k, biased gap negative) is the other candidate.
+    ``offsets`` (B, C): B bias vectors at once. Returns (B, K, C): the minimum risk with prediction j.
+    """
+    eta = _check_eta(eta)
+    b = np.atleast_2d(np.asarray(offsets, dtype=np.float64))
+    if b.shape[1] != eta.shape[1]:
+        raise ValueError(f"offsets must have {eta.shape[1]} columns, got {b.shape}")
+    K, C = eta.shape
+    others = ~np.eye(C, dtype=bool)
+    e = np.broadcast_to(eta[None, :, None, :], (b.shape[0], K, C, C))  # (B, K, j, k)
+    diff = (b[:, :, None] - b[:, None, :])[:, None]  # (B, 1, j, k): b_j - b_k
+    ej = np.broadcast_to(eta[None], (b.shape[0], K, C))
+
+    def risk(g: np.ndarray, plain: bool = False) -> np.ndarray:  # g (B, K, C)
+        # plain: no reward, only the prediction constraint s_j >= s_k (a negative biased gap earns 0)
+        c = np.zeros_like(g[..., None] + diff) if plain else np.maximum(0.0, g[..., None] + diff)
+        decay = np.exp(-c)
+
+        def excess(pj: np.ndarray) -> np.ndarray:
+            return pj + np.where(others, np.minimum(e, pj[..., None] * decay), 0.0).sum(-1) - 1.0
+
+        pj = _bisect(excess, np.zeros_like(g), np.ones_like(g))
+        pk = np.minimum(e, pj[..., None] * decay)
+        ce = -np.where(others & (e > 0), e * np.log(np.maximum(pk, 1e-300)), 0.0).sum(-1)
+        ce = ce - np.where(ej > 0, ej * np.log(np.maximum(pj, 1e-300)), 0.0)
+        return ce - lam * ej * g
+
+    lo = np.zeros((b.shape[0], K, C))
+    hi = np.full_like(lo, float(tau))
+    phi = (math.sqrt(5) - 1) / 2
+    for _ in range(iters):
+        m1, m2 = hi - phi * (hi - lo), lo + phi * (hi - lo)
+        left = risk(m1) <= risk(m2)
+        hi = np.where(left, m2, hi)
+        lo = np.where(left, lo, m1)
+    g = 0.5 * (lo + hi)
+    best = np.minimum(np.minimum(risk(g), risk(np.zeros_like(g))), risk(np.full_like(g, float(tau))))
+    return np.minimum(best, risk(np.zeros_like(g), plain=True))
+
+
+def biased_head_check(p: Sequence[float] | np.ndarray, eta: np.ndarray, lam: float, tau: float, *,
+                      span: float = 3.0, steps: int = 61) -> FisherCheck:
+    """Eq. (15) with an orthogonal head and a bias, minimised over a grid of biases (b_0 = 0, the
+    others on ``steps`` values in [-span, span]), each point's scores exactly.
+
+    ``risk`` is the best population risk over the grid; ``detail["bayes_risk"]`` the best risk when every
+    point must predict its Bayes class. Inconsistent (on the grid) when the first is lower: a bias
+    makes some non-Bayes prediction pay, because the margin term does not see the bias.
+    """
+    eta = _check_eta(eta)
+    p = np.asarray(p, dtype=np.float64)
+    K, C = eta.shape
+    axes = [np.linspace(-span, span, steps)] * (C - 1)
+    grid = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, C - 1)
+    b = np.concatenate([np.zeros((len(grid), 1)), grid], 1)
+    r = offset_score_minimum(eta, lam, tau, b)  # (B, K, C)
+    bayes = eta.argmax(1)
+    free = (r.min(2) * p).sum(1)
+    forced = (r[:, np.arange(K), bayes] * p).sum(1)
+    i, k = int(free.argmin()), int(forced.argmin())
+    from scipy.optimize import minimize
+
+    def total(rest: np.ndarray, force: bool) -> float:  # refine off the grid (Nelder-Mead in b_1..b_{C-1})
+        rr = offset_score_minimum(eta, lam, tau, np.concatenate([[0.0], rest])[None])[0]
+        return float(((rr[np.arange(K), bayes] if force else rr.min(1)) * p).sum())
+
+    fr = minimize(total, b[i, 1:], args=(False,), method="Nelder-Mead", options={"xatol": 1e-6, "fatol": 1e-10})
+    fo = minimize(total, b[k, 1:], args=(True,), method="Nelder-Mead", options={"xatol": 1e-6, "fatol": 1e-10})
+    b_free = np.concatenate([[0.0], fr.x]) if fr.fun < free[i] else b[i]
+    b_bayes = np.concatenate([[0.0], fo.x]) if fo.fun < forced[k] else b[k]
+    risk_free, risk_bayes = min(float(fr.fun), float(free[i])), min(float(fo.fun), float(forced[k]))
+    pred = offset_score_minimum(eta, lam, tau, b_free[None])[0].argmin(1)
+    ok = bool(risk_free >= risk_bayes - 1e-9)
+    return FisherCheck("orthogonal head + bias", float(lam), float(tau), float("inf"), ok, bayes.tolist(),
+                       pred.tolist(), [], risk_free,
+                       {"bias": b_free.tolist(), "bayes_risk": risk_bayes, "bayes_bias": b_bayes.tolist(),
+                        "grid": f"{steps}^{C - 1} on [-{span}, {span}], then Nelder-Mead"})
