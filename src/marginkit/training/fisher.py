@@ -17,7 +17,10 @@ argmax_y eta_iy at every point with a unique Bayes class. Two parametrisations a
 * :func:`head_level_check` - eq. (15) as trained: a shared head (W, b) with normalised rows, features
   Phi(x_i) free per point, the orthogonality penalty on W; minimised numerically (Adam from several
   starts, including the exact score-level solution lifted to W = I), so its verdict is that of the best
-  point found, not a proof.
+  point found, not a proof;
+* :func:`biased_head_check` - the beta -> infinity limit of the former (W orthogonal) with a bias b that
+  the margin term does not see: exact in the scores for each b (:func:`offset_score_minimum`), b on a
+  grid then refined, with and without forcing the Bayes prediction.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from torch import nn
 from .regularizers import feature_margin_term, orthogonality_penalty, truncate_margin
 
 __all__ = ["FisherCheck", "score_level_minimum", "score_level_check", "head_level_risk", "head_level_check",
-           "random_posteriors"]
+           "random_posteriors", "offset_score_minimum", "biased_head_check"]
 
 
 def _check_eta(eta: np.ndarray) -> np.ndarray:
