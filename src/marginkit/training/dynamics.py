@@ -78,7 +78,8 @@ def _theorem3_bound(gaps: torch.Tensor, lip: torch.Tensor, ref: torch.Tensor, co
 def _sample_blocks(samples: int, block: int, checkpoints: Sequence[int]) -> list[int]:
     """Cumulative sample counts at which a block ends: every checkpoint, and at most ``block`` apart."""
     ends = sorted({c for c in checkpoints if 0 < c < samples} | {samples})
-    out, prev = [], 0
+    out: list[int] = []
+    prev = 0
     for e in ends:
         out.extend(range(prev + block, e, block))
         out.append(e)
