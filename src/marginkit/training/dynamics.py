@@ -61,7 +61,9 @@ class LipschitzMargin:
 
     ``bound`` (N,): min(min_k gap_k / L_k, radius), 0 for samples misclassified w.r.t. ``labels``.
     ``lipschitz`` (N, C): the estimated L_k (``nan`` for the reference class); ``gaps`` (N, C):
-    f_ref - f_k at x (``inf`` for the reference class).
+    f_ref - f_k at x (``inf`` for the reference class). ``curve`` maps a sample count s (each of
+    ``checkpoints``) to the (N,) bound that the first s samples alone give (x itself always counted),
+    so one run shows how the estimate moves as samples are added.
     """
 
     bound: torch.Tensor
@@ -71,6 +73,28 @@ class LipschitzMargin:
     radius: float
     samples: int
     norm: Norm
+    curve: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+def _theorem3_bound(gaps: torch.Tensor, lip: torch.Tensor, ref: torch.Tensor, correct: torch.Tensor,
+                    radius: float) -> torch.Tensor:
+    """Eq. (16): min(min_k gap_k / L_k, r), 0 where the reference class is not the prediction."""
+    ratio = torch.where(lip > 0, gaps / lip.clamp_min(1e-300), torch.full_like(gaps, float("inf")))
+    ratio = ratio.scatter(1, ref[:, None], float("inf"))
+    bound = ratio.min(1).values.clamp(max=float(radius))
+    return torch.where(correct, bound.clamp_min(0), torch.zeros_like(bound))
+
+
+def _sample_blocks(samples: int, block: int, checkpoints: Sequence[int]) -> list[int]:
+    """Cumulative sample counts at which a block ends: every checkpoint, and at most ``block`` apart."""
+    ends = sorted({c for c in checkpoints if 0 < c < samples} | {samples})
+    out: list[int] = []
+    prev = 0
+    for e in ends:
+        out.extend(range(prev + block, e, block))
+        out.append(e)
+        prev = e
+    return [e for e in out if e > 0]
 
 
 def lipschitz_margin(
@@ -83,20 +107,27 @@ def lipschitz_margin(
     samples: int = 128,
     batch_size: int = 4096,
     seed: int = 0,
+    checkpoints: Sequence[int] = (),
 ) -> LipschitzMargin:
     """Paper Theorem 3 (Hein & Andriushchenko 2017) with the section 5.1 estimate of L_k.
 
     For each x, ``samples`` points are drawn uniformly from the ``norm``-ball B(x, radius) (x itself is
-    always included) and L_k = max ||grad (f_ref - f_k)||_q over them, q the dual norm. All points of a
-    chunk go through one forward pass and one backward pass per class (no per-point loops). The bound
-    is exact for affine models (constant gradients) whenever it is below ``radius``; for nonlinear
-    models it is an estimate (a sampled maximum can miss the true local Lipschitz constant).
+    always included) and L_k = max ||grad (f_ref - f_k)||_q over them, q the dual norm. Rows of
+    ``batch_size`` (point, sample) pairs go through one forward pass and one backward pass per class (no
+    per-point loops); when ``samples`` exceeds ``batch_size`` (the paper's 1024 x 50 = 51,200), the
+    samples of a point are streamed in blocks and L_k is a running maximum, so memory stays bounded.
+    ``checkpoints`` (sample counts <= ``samples``) add the bound after that many samples to ``curve``.
+    The bound is exact for affine models (constant gradients) whenever it is below ``radius``; for
+    nonlinear models it is an estimate (a sampled maximum can miss the true local Lipschitz constant).
     The ball is not intersected with the input box, which can only make the bound smaller.
     """
     norm = as_norm(norm)
     check_inputs(inputs)
     if radius <= 0 or samples < 0 or batch_size < 1:
         raise ValueError(f"need radius > 0, samples >= 0 and batch_size >= 1, got {radius}, {samples}, {batch_size}")
+    bad = [c for c in checkpoints if not 0 <= int(c) <= samples]
+    if bad:
+        raise ValueError(f"checkpoints must lie in [0, samples={samples}], got {bad}")
     check_model_mode(model)
     device = model_device(model)
     x = inputs.detach().to(device)
@@ -106,32 +137,44 @@ def lipschitz_margin(
     c = logits.shape[1]
     ref = logits.argmax(1) if labels is None else check_labels(labels, n, c).to(device)
     gaps = pairwise_gaps(logits, ref).double()  # f_ref - f_k, +inf for the reference class
+    correct = logits.argmax(1) == ref
     per = samples + 1
-    chunk = max(1, batch_size // per)
+    chunk = max(1, batch_size // per)  # points per pass; 1 when a point's samples need several blocks
+    block = max(1, batch_size // chunk)
+    ends = _sample_blocks(samples, block, checkpoints)
     gen = torch.Generator().manual_seed(seed)
     lip = torch.zeros(n, c, dtype=torch.float64, device=device)
+    curve_lip: dict[int, torch.Tensor] = {int(k): torch.zeros(n, c, dtype=torch.float64, device=device) for k in checkpoints}
     eye = torch.eye(c, dtype=x.dtype, device=device)
+    shape = x.shape[1:]
     for s in range(0, n, chunk):
         xs, rs = x[s : s + chunk], ref[s : s + chunk]
         m = xs.shape[0]
-        noise = random_ball((m * samples, *xs.shape[1:]), torch.full((m * samples,), float(radius)), norm,
-                            generator=gen, dtype=x.dtype, device=device)
-        z = torch.cat([xs[:, None], xs[:, None] + noise.reshape(m, samples, *xs.shape[1:])], 1)
-        z = z.reshape(m * per, *xs.shape[1:]).requires_grad_(True)
-        out = model(z)
-        r_rep = rs.repeat_interleave(per)
-        for k in range(c):
-            sel = eye[r_rep] - eye[k]  # row-wise e_ref - e_k: the gradient of f_ref - f_k
-            (g,) = torch.autograd.grad(out, z, grad_outputs=sel, retain_graph=k < c - 1)
-            gn = batch_norm(g.detach(), norm.dual).reshape(m, per).max(1).values
-            lip[s : s + m, k] = gn.double()
+        run = torch.zeros(m, c, dtype=torch.float64, device=device)
+        start = 0
+        for end in [0, *ends]:  # the first "block" is x itself (sample count 0)
+            b = end - start
+            noise = random_ball((m * b, *shape), torch.full((m * b,), float(radius)), norm, generator=gen,
+                                dtype=x.dtype, device=device)
+            z = xs[:, None] + noise.reshape(m, b, *shape)
+            if end == 0:
+                z, b = xs[:, None], 1
+            z = z.reshape(m * b, *shape).requires_grad_(True)
+            out = model(z)
+            r_rep = rs.repeat_interleave(b)
+            for k in range(c):
+                sel = eye[r_rep] - eye[k]  # row-wise e_ref - e_k: the gradient of f_ref - f_k
+                (g,) = torch.autograd.grad(out, z, grad_outputs=sel, retain_graph=k < c - 1)
+                gn = batch_norm(g.detach(), norm.dual).reshape(m, b).max(1).values
+                run[:, k] = torch.maximum(run[:, k], gn.double())
+            if end in curve_lip:
+                curve_lip[end][s : s + m] = run
+            start = end
+        lip[s : s + m] = run
+    curve = {k: _theorem3_bound(gaps, v, ref, correct, radius) for k, v in sorted(curve_lip.items())}
     lip = lip.scatter(1, ref[:, None], float("nan"))
-    ratio = torch.where(lip > 0, gaps / lip.clamp_min(1e-300), torch.full_like(gaps, float("inf")))
-    ratio = ratio.scatter(1, ref[:, None], float("inf"))
-    bound = ratio.min(1).values.clamp(max=float(radius))
-    correct = logits.argmax(1) == ref
-    bound = torch.where(correct, bound.clamp_min(0), torch.zeros_like(bound))
-    return LipschitzMargin(bound, lip, gaps, ref, float(radius), int(samples), norm)
+    bound = _theorem3_bound(gaps, lip.nan_to_num(0.0), ref, correct, radius)
+    return LipschitzMargin(bound, lip, gaps, ref, float(radius), int(samples), norm, curve)
 
 
 def estimate_margins(
