@@ -293,7 +293,7 @@ class OracleView:
     def can_afford(self, owner: torch.Tensor, cost: int) -> torch.Tensor:
         return self.o.can_afford(self.samples[owner], cost)
 
-    def value_and_grad(self, x, owner, ref, aim, objective=None):  # type: ignore[no-untyped-def]
+    def value_and_grad(self, x, owner, ref, aim, objective=None):
         return self.o.value_and_grad(x, self.samples[owner], ref, aim, objective=objective)
 
     def logits(self, x: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
