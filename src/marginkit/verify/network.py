@@ -56,6 +56,9 @@ class _Op:
     def transpose(self, y: Tensor) -> Tensor:  # (K, *out) -> (K, *in), linear part only
         raise NotImplementedError
 
+    def forward_abs(self, r: Tensor) -> Tensor:  # |W| r: the radius of an interval through the linear part
+        raise NotImplementedError
+
     def params(self) -> Iterator[Tensor]:
         return iter(())
 
@@ -83,6 +86,9 @@ class LinearOp(_Op):
     def transpose(self, y: Tensor) -> Tensor:
         return y @ _cast(self.weight, y)
 
+    def forward_abs(self, r: Tensor) -> Tensor:
+        return r @ _cast(self.weight, r).abs().T
+
     def params(self) -> Iterator[Tensor]:
         return iter((self.weight, self.bias))
 
@@ -109,6 +115,9 @@ class ConvOp(_Op):
         )
         return F.conv_transpose2d(y, _cast(self.weight, y), None, self.stride, self.padding, out_pad, self.groups, self.dilation)
 
+    def forward_abs(self, r: Tensor) -> Tensor:
+        return F.conv2d(r, _cast(self.weight, r).abs(), None, self.stride, self.padding, self.dilation, self.groups)
+
     def params(self) -> Iterator[Tensor]:
         return iter((self.weight, self.bias))
 
@@ -134,6 +143,9 @@ class ScaleShiftOp(_Op):
     def transpose(self, y: Tensor) -> Tensor:
         return y * self._view(self.scale, y)
 
+    def forward_abs(self, r: Tensor) -> Tensor:
+        return r * self._view(self.scale, r).abs()
+
     def params(self) -> Iterator[Tensor]:
         return iter((self.scale, self.shift))
 
@@ -148,6 +160,9 @@ class ReshapeOp(_Op):
 
     def transpose(self, y: Tensor) -> Tensor:
         return y.reshape(y.shape[0], *self.in_shape)
+
+    def forward_abs(self, r: Tensor) -> Tensor:
+        return self.forward(r)
 
 
 @dataclass(frozen=True, eq=False)
@@ -164,6 +179,9 @@ class AvgPoolOp(_Op):
         x = torch.zeros((1, *self.in_shape), dtype=y.dtype, device=y.device).expand(y.shape[0], *self.in_shape)
         _, vjp = torch.func.vjp(self.module, x)
         return vjp(y)[0]
+
+    def forward_abs(self, r: Tensor) -> Tensor:  # non-negative weights
+        return self.module(r)
 
 
 @dataclass(frozen=True, eq=False)
@@ -190,6 +208,12 @@ class PairsOp(_Op):
         out.index_add_(1, self.b.to(y.device), g[:, :, 2].neg() + g[:, :, 1] - g[:, :, 0])
         return out.reshape(y.shape[0], *self.in_shape)
 
+    def forward_abs(self, r: Tensor) -> Tensor:
+        v = r.reshape(r.shape[0], -1)
+        ra, rb = v[:, self.a.to(v.device)], v[:, self.b.to(v.device)]
+        same = (self.a == self.b).to(v.device)
+        return torch.stack((torch.where(same, torch.zeros_like(ra), ra + rb), rb, rb), dim=2).reshape(r.shape[0], -1)
+
 
 @dataclass(frozen=True, eq=False)
 class CombineOp(_Op):
@@ -208,6 +232,9 @@ class CombineOp(_Op):
     def transpose(self, y: Tensor) -> Tensor:
         g = y.reshape(y.shape[0], -1, 1)
         return torch.cat((g, g, -g), dim=2).reshape(y.shape[0], -1)
+
+    def forward_abs(self, r: Tensor) -> Tensor:
+        return r.reshape(r.shape[0], -1, 3).sum(2).reshape(r.shape[0], *self.out_shape)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -252,6 +279,13 @@ class Affine:
         for op in reversed(self.ops):
             y = op.transpose(y)
         return y
+
+    def interval(self, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
+        """Interval bounds of the output for inputs in [lower, upper] (N, *in_shape), op by op (IBP)."""
+        for op in self.ops:
+            mid, rad = op.forward((upper + lower) / 2), op.forward_abs((upper - lower) / 2)
+            lower, upper = mid - rad, mid + rad
+        return lower, upper
 
     def forward_flat(self, x: Tensor) -> Tensor:
         """(N, in_features) -> (N, out_features)."""
