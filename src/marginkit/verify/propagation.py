@@ -116,8 +116,9 @@ def _l2_dual(a: Tensor, inp: _Input) -> Tensor:
     x, eps = inp.x[:, None], inp.eps[:, None]
     dl, du = inp.xl[:, None] - x, inp.xu[:, None] - x
     ax = (a * x).sum(-1)
-    safe_eps = eps.clamp_min(torch.finfo(a.dtype).tiny)
-    lam_hi = (torch.linalg.vector_norm(a, dim=-1) / safe_eps).clamp_min(torch.finfo(a.dtype).tiny)
+    a_norm = torch.linalg.vector_norm(a, dim=-1)
+    # any lam > 0 is sound; the floor keeps lam_hi * 2^-16 a normal number in float32 too
+    lam_hi = (a_norm / eps.clamp_min(1e-30)).clamp_min(1e-20)
     lam_lo = lam_hi * 2.0**-16
     best = torch.full_like(ax, -math.inf)
     lam = lam_hi
@@ -130,7 +131,7 @@ def _l2_dual(a: Tensor, inp: _Input) -> Tensor:
         lam_lo = torch.where(too_long, lam, lam_lo)
         lam_hi = torch.where(too_long, lam_hi, lam)
         lam = torch.sqrt(lam_lo * lam_hi)
-    return torch.where(eps > 0, ax + best, ax)
+    return torch.where((eps > 0) & (a_norm > 0), ax + best, ax)
 
 
 def _concretize(a: Tensor, inp: _Input, tight: bool) -> Tensor:
@@ -346,7 +347,7 @@ def _prepare(net: ReluNetwork, x: Tensor, eps: Tensor | float, norm: Norm | str,
     n = x.shape[0]
     if tuple(x.shape[1:]) != tuple(net.input_shape):
         raise ValueError(f"inputs have shape {tuple(x.shape[1:])} per sample, the network expects {net.input_shape}")
-    flat = x.detach().to(device=device, dtype=dtype).reshape(n, -1)
+    flat = x.detach().to(device=device, dtype=dtype).reshape(n, net.layers[0].in_features)
     e = torch.as_tensor(eps, dtype=dtype, device=device)
     e = e.expand(n).clone() if e.dim() == 0 else e.reshape(-1)
     if e.shape[0] != n:
