@@ -191,9 +191,11 @@ def _backward(net: ReluNetwork, j: int, a: Tensor, relax: Sequence[_Relax], bias
     for i in range(j - 1, -1, -1):
         a = net.layers[i + 1].transpose_flat(a.reshape(n * k, -1)).reshape(n, k, -1)  # over h_i = relu(z_i)
         r = relax[i]
-        pos, neg = a.clamp_min(0), a.clamp_max(0)
-        a = pos * r.lower_slope(None if alphas is None else alphas[i]) + neg * r.up_slope[:, None]
-        const = const + (neg * r.up_int[:, None]).sum(-1) + a @ biases[i]
+        # negative coefficients take the upper line (slope s, intercept t), the others the lower line
+        neg = a < 0
+        const = const + torch.bmm(torch.where(neg, a, 0.0), r.up_int[:, :, None]).squeeze(-1)
+        a = a * torch.where(neg, r.up_slope[:, None], r.lower_slope(None if alphas is None else alphas[i]))
+        const = const + a @ biases[i]
     a = net.layers[0].transpose_flat(a.reshape(n * k, -1)).reshape(n, k, -1)
     return _concretize(a, inp, tight) + const
 
@@ -252,7 +254,7 @@ def _unstable_rows(mask: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _crown_layer(net: ReluNetwork, j: int, ibp: tuple[Tensor, Tensor], relax: Sequence[_Relax], biases: Sequence[Tensor],
-                 inp: _Input, max_elements: int) -> tuple[Tensor, Tensor]:
+                 inp: _Input, max_elements: int, tight: bool = False) -> tuple[Tensor, Tensor]:
     lower, upper = ibp[0].clone(), ibp[1].clone()
     mask = (lower < 0) & (upper > 0)
     idx, valid = _unstable_rows(mask)
@@ -266,7 +268,7 @@ def _crown_layer(net: ReluNetwork, j: int, ibp: tuple[Tensor, Tensor], relax: Se
         k = sel.shape[1]
         rows = torch.zeros((n, k, width), dtype=lower.dtype, device=lower.device)
         rows.scatter_(2, sel[..., None], ok[..., None].to(lower.dtype))
-        both = _backward(net, j, torch.cat((rows, -rows), dim=1), relax, biases, inp, tight=False)
+        both = _backward(net, j, torch.cat((rows, -rows), dim=1), relax, biases, inp, tight=tight)
         lo_k, hi_k = both[:, :k], -both[:, k:]
         cur_lo, cur_hi = lower.gather(1, sel), upper.gather(1, sel)
         lower.scatter_(1, sel, torch.where(ok, torch.maximum(cur_lo, lo_k), cur_lo))
@@ -274,8 +276,8 @@ def _crown_layer(net: ReluNetwork, j: int, ibp: tuple[Tensor, Tensor], relax: Se
     return lower, upper
 
 
-def _intermediate(net: ReluNetwork, inp: _Input, method: str, max_elements: int, biases: Sequence[Tensor]
-                  ) -> tuple[list[tuple[Tensor, Tensor]], list[_Relax]]:
+def _intermediate(net: ReluNetwork, inp: _Input, method: str, max_elements: int, biases: Sequence[Tensor],
+                  tight_intermediate: bool = False) -> tuple[list[tuple[Tensor, Tensor]], list[_Relax]]:
     bounds: list[tuple[Tensor, Tensor]] = []
     relax: list[_Relax] = []
     for j in range(len(net.layers) - 1):
@@ -284,7 +286,7 @@ def _intermediate(net: ReluNetwork, inp: _Input, method: str, max_elements: int,
         else:
             lo, hi = _interval_next(net, j, *bounds[-1])
             if method != "ibp":
-                lo, hi = _crown_layer(net, j, (lo, hi), relax, biases, inp, max_elements)
+                lo, hi = _crown_layer(net, j, (lo, hi), relax, biases, inp, max_elements, tight_intermediate)
         bounds.append((lo, hi))
         relax.append(_Relax.of(lo, hi))
     return bounds, relax

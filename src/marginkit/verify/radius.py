@@ -11,9 +11,10 @@ of the threshold eps at which the method stops certifying (bisection presumes th
 monotone in eps, which holds for IBP and CROWN with fixed slopes since their bounds only loosen as S
 grows; if it is not, ``lower`` is still certified, just possibly below a larger certifiable eps).
 
-For alpha-CROWN, the search first runs with CROWN (cheap), then bisects with alpha-CROWN between CROWN's
-certified radius and the first eps where CROWN failed, moving the upper end up to the given upper
-bound when alpha-CROWN certifies there.
+The search runs in stages, cheapest method first (IBP, then CROWN, then alpha-CROWN, up to ``method``):
+each stage starts from the previous stage's certified radius and the first eps where it failed (reopened
+up to the given upper bound when the stronger method certifies there), with midpoints (lo + hi) / 2
+while nothing is certified and sqrt(lo hi) afterwards. Earlier stages stop at tolerance max(rtol, 0.05).
 A sample certified at ``cap`` cannot change its decision inside the box: its lower bound is ``inf``.
 """
 
@@ -61,7 +62,8 @@ def _bisect(net: ReluNetwork, x: Tensor, ref: Tensor, norm: Norm, lo: Tensor, hi
         if not bool(active.any()):
             break
         idx = active.nonzero().squeeze(1)
-        mid = (lo[idx] + hi[idx]) / 2
+        # geometric midpoints once a certified radius is known: a wide bracket is narrowed in log scale
+        mid = torch.where(lo[idx] > 0, torch.sqrt(lo[idx] * hi[idx]), hi[idx] / 2)
         lb = spec_lower_bounds(net, x[idx], ref[idx], mid, norm, method=method, stop_when_certified=True, **kw)
         ok = (lb > 0).all(1).to(lo.device)
         evals[idx] += 1
@@ -126,20 +128,23 @@ def certified_radius(net: ReluNetwork, x: Tensor, ref: Tensor, norm: Norm | str,
     if idx.numel():
         xs, rs = x[idx], ref[idx]
         lo_t = torch.zeros(idx.numel(), dtype=torch.float64)
-        hi_t = hi[idx].clone()
+        top = hi[idx].clone()
+        hi_t = top.clone()
         ev = torch.zeros(idx.numel(), dtype=torch.long)
-        first = "crown" if m == "alpha-crown" else m
-        lo_t, hi_t = _bisect(net, xs, rs, p, lo_t, hi_t, first, rtol, max_iter, ev, {"bounds": bounds, **_no_alpha(kw)})
-        if m == "alpha-crown":
-            hi_t = torch.where(hi_t < hi[idx], hi_t, hi[idx])
-            # alpha-CROWN may certify beyond CROWN's failure point: restart its upper end at the given bound
-            # when it certifies CROWN's failure point
-            lb = spec_lower_bounds(net, xs, rs, hi_t, p, method=m, bounds=bounds, stop_when_certified=True, **kw)
-            ev += 1
-            ok = (lb > 0).all(1).cpu() & (hi_t < hi[idx])
-            lo_t = torch.where(ok, hi_t, lo_t)
-            hi_t = torch.where(ok, hi[idx], hi_t)
-            lo_t, hi_t = _bisect(net, xs, rs, p, lo_t, hi_t, m, rtol, max_iter, ev, {"bounds": bounds, **kw})
+        # cheaper methods first: each stage starts from the previous one's certified radius, so the costly
+        # evaluations happen near the threshold, where fewer ReLUs are unstable
+        stages = {"ibp": ["ibp"], "crown": ["ibp", "crown"], "alpha-crown": ["ibp", "crown", "alpha-crown"]}[m]
+        for stage in stages:
+            if stage != stages[0]:
+                # the stronger method may certify where the weaker one failed: reopen up to the given bound
+                lb = spec_lower_bounds(net, xs, rs, hi_t, p, method=stage, bounds=bounds, stop_when_certified=True,
+                                       **(kw if stage == "alpha-crown" else _no_alpha(kw)))
+                ev += 1
+                ok = (lb > 0).all(1).cpu() & (hi_t < top)
+                lo_t = torch.where(ok, hi_t, lo_t)
+                hi_t = torch.where(ok, top, hi_t)
+            lo_t, hi_t = _bisect(net, xs, rs, p, lo_t, hi_t, stage, rtol if stage == m else max(rtol, 0.05), max_iter, ev,
+                                 {"bounds": bounds, **(kw if stage == "alpha-crown" else _no_alpha(kw))})
         lower[idx] = lo_t
         evals[idx] += ev
     return RadiusResult(lower, evals, time.perf_counter() - start)
