@@ -8,8 +8,8 @@ is therefore
                min ||delta||_p  s.t.  x0 + delta in box,  x0 + delta in R,  f^j(x0 + delta) >= f^i(x0 + delta)
 
 (the infimum over flipping perturbations, reached on the decision boundary like the affine closed forms
-of :mod:`marginkit.margins.affine`). Each inner problem is a linear program for l1 / linf (HiGHS through
-:func:`scipy.optimize.linprog`) and a convex QP for l2 (Clarabel). Regions are enumerated neuron by
+of :mod:`marginkit.margins.affine`). Each inner problem is a linear program for l1 / linf and a convex
+QP for l2, both solved by Clarabel. Regions are enumerated neuron by
 neuron as a depth-first tree: a partial pattern whose region misses the box, or whose smallest
 perturbation already exceeds the best value found, is pruned with all its completions, so only the
 regions the box meets are visited. The cost still grows exponentially with the number of hidden
@@ -64,54 +64,43 @@ def min_norm_in_polyhedron(x0: np.ndarray, g: np.ndarray, h: np.ndarray, lo: np.
                            norm: Norm) -> tuple[float, np.ndarray | None]:
     """min ||delta||_p s.t. G (x0 + delta) <= h, lo <= x0 + delta <= hi: (value, delta), (inf, None) if empty.
 
-    l1 and linf are LPs over (delta, t) with |delta_k| <= t_k (l1) or <= t (linf), solved by HiGHS;
-    l2 is the QP min 1/2 ||delta||^2 solved by Clarabel (interior point, about 1e-8 accurate).
+    One conic program for Clarabel (interior point, about 1e-8 accurate): an LP over (delta, t) with
+    |delta_k| <= t_k (l1) or <= t (linf), the QP min 1/2 ||delta||^2 for l2. Clarabel rather than the
+    MILP's solvers keeps this oracle independent of them (and its per-call overhead is a few ms, where
+    scipy's linprog pays tens of ms on these tiny programs).
     """
+    import clarabel
+    from scipy.sparse import block_diag, csc_matrix, hstack, identity, vstack
+
     n = x0.shape[0]
     rhs = h - g @ x0
     dlo, dhi = lo - x0, hi - x0
     if np.any(dlo > dhi):
         return math.inf, None
-    if norm is Norm.L2:
-        return _min_l2(g, rhs, dlo, dhi)
-    from scipy.optimize import linprog
-    from scipy.sparse import bmat, csr_matrix, identity
-
-    m = 1 if norm is Norm.LINF else n
-    eye = identity(n, format="csr")
-    tcol = csr_matrix(np.ones((n, 1))) if norm is Norm.LINF else eye
-    a_ub = bmat([[csr_matrix(g), csr_matrix((g.shape[0], m))], [eye, -tcol], [-eye, -tcol]], format="csr")
-    b_ub = np.concatenate([rhs, np.zeros(2 * n)])
-    cost = np.concatenate([np.zeros(n), np.ones(m)])
-    var_bounds = list(zip(dlo, dhi)) + [(0, None)] * m
-    res = linprog(cost, A_ub=a_ub, b_ub=b_ub, bounds=var_bounds, method="highs")
-    if res.status == 2:
-        return math.inf, None
-    if res.status != 0:
-        raise RuntimeError(f"HiGHS could not solve a region LP: {res.message}")
-    delta = np.clip(res.x[:n], dlo, dhi)
-    return float(np.abs(delta).max() if norm is Norm.LINF else np.abs(delta).sum()), delta
-
-
-def _min_l2(g: np.ndarray, rhs: np.ndarray, dlo: np.ndarray, dhi: np.ndarray) -> tuple[float, np.ndarray | None]:
-    import clarabel
-    from scipy.sparse import csc_matrix, identity, vstack
-
-    n = dlo.shape[0]
+    m = 0 if norm is Norm.L2 else 1 if norm is Norm.LINF else n
     eye = identity(n, format="csc")
-    a = vstack([csc_matrix(g), eye, -eye], format="csc")
-    b = np.concatenate([rhs, dhi, -dlo])
+    rows = [hstack([csc_matrix(g), csc_matrix((g.shape[0], m))]), hstack([eye, csc_matrix((n, m))]),
+            hstack([-eye, csc_matrix((n, m))])]
+    b = [rhs, dhi, -dlo]
+    if m:
+        tcol = csc_matrix(np.ones((n, 1))) if m == 1 else eye
+        rows += [hstack([eye, -tcol]), hstack([-eye, -tcol])]
+        b += [np.zeros(n), np.zeros(n)]
+    a = vstack(rows, format="csc")
+    bvec = np.concatenate(b)
+    p = block_diag([eye, csc_matrix((m, m))], format="csc") if norm is Norm.L2 else csc_matrix((n + m, n + m))
+    q = np.concatenate([np.zeros(n), np.ones(m)])
     settings = clarabel.DefaultSettings()
     settings.verbose = False
-    solver = clarabel.DefaultSolver(eye, np.zeros(n), a, b, [clarabel.NonnegativeConeT(a.shape[0])], settings)
-    sol = solver.solve()
+    sol = clarabel.DefaultSolver(p, q, a, bvec, [clarabel.NonnegativeConeT(a.shape[0])], settings).solve()
     status = str(sol.status)
     if "Infeasible" in status:
         return math.inf, None
     if status not in ("Solved", "AlmostSolved"):
-        raise RuntimeError(f"Clarabel could not solve a region QP: {status}")
-    delta = np.clip(np.asarray(sol.x), dlo, dhi)
-    return float(np.linalg.norm(delta)), delta
+        raise RuntimeError(f"Clarabel could not solve a region program: {status}")
+    delta = np.clip(np.asarray(sol.x)[:n], dlo, dhi)
+    value = {Norm.L1: np.abs(delta).sum(), Norm.L2: np.linalg.norm(delta), Norm.LINF: np.abs(delta).max(initial=0.0)}[norm]
+    return float(value), delta
 
 
 def _forward64(layers: Layers, x: np.ndarray) -> np.ndarray:

@@ -37,7 +37,7 @@ from ..margins.gap import is_flipped, reference_class
 from ..norms import Norm, as_norm
 from ..results.status import BRACKETED, EXACT, MISCLASSIFIED, status_of
 from .enumerate import dense_layers
-from .milp import build_program, resolve_solver, solve_margin, tighten_bounds
+from .milp import SCIP_SETTINGS, build_program, resolve_solver, solve_margin, tighten_bounds
 
 __all__ = ["ExactResult", "exact_margin", "EXACT_RTOL"]
 
@@ -124,37 +124,55 @@ def _propagated_bounds(model: nn.Module, shape: tuple[int, ...], x0: np.ndarray,
             for lo, hi in out]
 
 
+def _steepest(g: np.ndarray, room: np.ndarray, norm: Norm) -> np.ndarray:
+    """Unit direction (in ``norm``) of steepest ascent of g^T d among coordinates with room in the box."""
+    g = g * (room > 0)
+    if norm is Norm.LINF:
+        return np.sign(g)
+    if norm is Norm.L2:
+        return g / max(float(np.linalg.norm(g)), 1e-300)
+    d = np.zeros_like(g)
+    k = int(np.argmax(np.abs(g)))
+    d[k] = np.sign(g[k])
+    return d
+
+
 def _nudge(model64: nn.Module, shape: tuple[int, ...], x0: np.ndarray, xs: np.ndarray, ref: int, target: int,
            norm: Norm, box: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, float] | None:
-    """The smallest step from the optimum ``xs`` along the steepest direction of f^target - f^ref (in
-    ``norm``) that makes the point flip in a float64 forward pass; (point, ||point - x0||) or None."""
+    """The nearest point to x0 among small steps from the optimum ``xs`` that flips in a float64 forward
+    pass: (point, ||point - x0||) or None.
+
+    The optimum is a tie f^ref = f^target, often on a ReLU kink where one gradient does not describe the
+    gap, so steps go along several directions: steepest ascent of f^target - f^ref at ``xs`` and at
+    points a hair away from it (outwards from x0, and towards the box centre), and outwards along xs - x0.
+    """
     device = model_device(model64)
-    x = torch.tensor(xs, dtype=torch.float64, device=device, requires_grad=True)
-    z = model64(x.reshape(1, *shape))[0]
-    (grad,) = torch.autograd.grad(z[target] - z[ref], x)
-    g = grad.detach().cpu().numpy()
     lo, hi = box
-    room = np.where(g > 0, hi - xs, np.where(g < 0, xs - lo, 0.0))
-    if norm is Norm.LINF:
-        d = np.sign(g) * (room > 0)
-    elif norm is Norm.L2:
-        d = g * (room > 0)
-        d = d / max(float(np.linalg.norm(d)), 1e-300)
-    else:
-        k = int(np.argmax(np.abs(g) * (room > 0)))
-        d = np.zeros_like(g)
-        d[k] = np.sign(g[k])
+    radial = xs - x0
+    centre = 0.5 * (lo + hi) - xs
+    probes = np.stack([xs, xs + 1e-7 * radial / max(np.abs(radial).max(), 1e-300),
+                       xs + 1e-7 * centre / max(np.abs(centre).max(), 1e-300)])
+    x = torch.tensor(probes, dtype=torch.float64, device=device, requires_grad=True)
+    z = model64(x.reshape(len(probes), *shape))
+    (grad,) = torch.autograd.grad((z[:, target] - z[:, ref]).sum(), x)
+    grads = grad.detach().cpu().numpy()
+    dirs = []
+    for g in grads:
+        room = np.where(g > 0, hi - xs, np.where(g < 0, xs - lo, 0.0))
+        dirs.append(_steepest(g, room, norm))
+    dirs.append(radial / max(float(np.abs(radial).max()), 1e-300))
     steps = np.concatenate([[0.0], np.geomspace(1e-9, 1e-3, 31)])
-    cand = np.clip(xs[None, :] + steps[:, None] * d[None, :], lo, hi)
+    cand = np.clip(xs[None, None, :] + steps[None, :, None] * np.stack(dirs)[:, None, :], lo, hi).reshape(-1, xs.size)
     with torch.no_grad():
-        logits = model64(torch.as_tensor(cand, device=device).reshape(len(steps), *shape))
-    refs = torch.full((len(steps),), ref, dtype=torch.long, device=device)
+        logits = model64(torch.as_tensor(cand, device=device).reshape(len(cand), *shape))
+    refs = torch.full((len(cand),), ref, dtype=torch.long, device=device)
     ok = is_flipped(logits, refs).cpu().numpy()
     if not ok.any():
         return None
-    i = int(np.argmax(ok))
     p = {Norm.L1: 1, Norm.L2: 2, Norm.LINF: np.inf}[norm]
-    return cand[i], float(np.linalg.norm(cand[i] - x0, p))
+    dist = np.where(ok, np.linalg.norm(cand - x0[None, :], p, axis=1), np.inf)
+    i = int(np.argmin(dist))
+    return cand[i], float(dist[i])
 
 
 def exact_margin(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor | None = None, norm: Norm | str = "linf",
@@ -269,7 +287,8 @@ def exact_margin(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor | 
         point=torch.from_numpy(points).reshape(n_samples, *shape), target=torch.from_numpy(targets),
         binaries=torch.from_numpy(binaries), norm=norm, messages=messages,
         settings={"solver": name, "time_limit": time_limit, "rtol": rtol, "atol": EXACT_ATOL, "bounds": tuple(bounds),
-                  "tighten": tighten, "versions": _solver_versions(name)})
+                  "tighten": tighten, "versions": _solver_versions(name),
+                  **({"scip_settings": dict(SCIP_SETTINGS)} if name == "scip" else {})})
 
 
 def _solver_versions(name: str) -> dict[str, str]:
