@@ -177,8 +177,8 @@ class AvgPoolOp(_Op):
     def transpose(self, y: Tensor) -> Tensor:
         # avg_pool2d is linear without bias, so its vector-Jacobian product is its transpose
         x = torch.zeros((1, *self.in_shape), dtype=y.dtype, device=y.device).expand(y.shape[0], *self.in_shape)
-        _, vjp = torch.func.vjp(self.module, x)
-        return vjp(y)[0]
+        out = torch.func.vjp(self.module, x)
+        return out[1](y)[0]
 
     def forward_abs(self, r: Tensor) -> Tensor:  # non-negative weights
         return self.module(r)

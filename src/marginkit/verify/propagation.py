@@ -43,6 +43,7 @@ or neuron rows are processed in chunks of at most ``max_elements`` entries per (
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -52,7 +53,7 @@ from torch import Tensor
 
 from ..margins.gap import specification_matrix
 from ..norms import Norm, as_norm
-from .network import ReluNetwork
+from .network import Affine, ReluNetwork
 
 __all__ = ["METHODS", "preactivation_bounds", "spec_lower_bounds", "Bounds"]
 
@@ -200,13 +201,16 @@ def _backward(net: ReluNetwork, j: int, a: Tensor, relax: Sequence[_Relax], bias
     return _concretize(a, inp, tight) + const
 
 
+@functools.lru_cache(maxsize=2)
+def _dense_cached(layer: Affine, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    w, b = layer.dense(dtype)
+    return w.to(device), b.to(device)
+
+
 def _first_layer(net: ReluNetwork, inp: _Input, max_elements: int) -> tuple[Tensor, Tensor]:
     """Exact-over-S (linf) or box-and-masked-ball (l1, l2) bounds of z_1 = W_1 x + b_1, (n, w_1)."""
-    layer = net.layers[0]
     n = inp.x.shape[0]
-    w, b = layer.dense(inp.x.dtype)
-    w = w.to(inp.x.device)
-    b = b.to(inp.x.device)
+    w, b = _dense_cached(net.layers[0], inp.x.dtype, inp.x.device)
     xl, xu = inp.xl, inp.xu
     if inp.lo is not None or inp.hi is not None or inp.norm is Norm.LINF:
         lower = xl @ w.clamp_min(0).T + xu @ w.clamp_max(0).T
