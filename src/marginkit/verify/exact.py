@@ -114,11 +114,11 @@ def _propagated_bounds(model: nn.Module, shape: tuple[int, ...], x0: np.ndarray,
         return none
     try:
         from .network import as_relu_network
-        from .propagation import preactivation_bounds  # type: ignore[attr-defined]
+        from .propagation import preactivation_bounds
     except ImportError:
         return none
     net = as_relu_network(model, shape)
-    x = torch.as_tensor(x0, dtype=torch.float32, device=model_device(model)).reshape(1, *shape)
+    x = torch.as_tensor(x0, dtype=torch.float64, device=model_device(model)).reshape(1, *shape)
     out = preactivation_bounds(net, x, radius, str(norm), bounds=bounds, method="crown")
     return [(lo.detach().double().cpu().numpy().reshape(-1), hi.detach().double().cpu().numpy().reshape(-1))
             for lo, hi in out]

@@ -388,8 +388,7 @@ def _solve_scip(prog: MarginProgram, gap: tuple[sparse.csr_matrix, float], cutof
     x = None
     value = math.inf
     if model.getNSols() > 0:
-        sol = model.getBestSol()
-        x = np.array([sol[v] for v in xs])
+        x = np.array([model.getVal(v) for v in xs])
         value = float(np.linalg.norm(x[:prog.n], {Norm.L1: 1, Norm.L2: 2, Norm.LINF: np.inf}[prog.norm]))
     bound = float(model.getDualbound())
     if square:
