@@ -70,6 +70,7 @@ def certify(
     rtol: float = 0.01,
     alpha_steps: int = 20,
     alpha_lr: float = 0.1,
+    alpha_intermediate: int = 0,
     dtype: torch.dtype = torch.float64,
     max_elements: int | None = None,
 ) -> CertifyResult:
@@ -81,6 +82,8 @@ def certify(
     bounds (e.g. :func:`marginkit.attacks.input_margin`'s ``upper``; ``inf`` where none is known).
     ``lower`` is the largest eps at which ``method`` ("ibp", "crown", "alpha-crown") certifies every row
     of the specification on B_p(x, eps) ∩ box, found by bisection to relative tolerance ``rtol``
+    (alpha-CROWN: ``alpha_steps`` Adam steps of size ``alpha_lr`` on the specification rows' slopes, and
+    ``alpha_intermediate`` steps on the slopes behind each intermediate neuron's bounds, 0: CROWN's)
     (:func:`marginkit.verify.radius.certified_radius`). Computation runs on the model's device in ``dtype``.
     """
     m = _check_method(method)
@@ -101,7 +104,7 @@ def certify(
     if up.shape[0] != n:
         raise ValueError(f"upper has {up.shape[0]} entries for {n} inputs")
     wrong = (logits.argmax(1).cpu() != ref) if labels is not None else torch.zeros(n, dtype=torch.bool)
-    kw: dict[str, Any] = {"alpha_steps": alpha_steps, "alpha_lr": alpha_lr, "dtype": dtype}
+    kw: dict[str, Any] = {"alpha_steps": alpha_steps, "alpha_lr": alpha_lr, "alpha_intermediate": alpha_intermediate, "dtype": dtype}
     if max_elements is not None:
         kw["max_elements"] = max_elements
     keep = (~wrong).nonzero().squeeze(1)
@@ -123,6 +126,7 @@ def certify(
         lower=lower, upper=torch.where(wrong, torch.zeros_like(up), up), status=status,
         seconds=torch.full((n,), total / max(n, 1), dtype=torch.float64), evaluations=evals, method=m, norm=p,
         labels=ref, total_seconds=total,
-        settings={"method": m, "rtol": rtol, "alpha_steps": alpha_steps, "alpha_lr": alpha_lr, "bounds": bounds,
+        settings={"method": m, "rtol": rtol, "alpha_steps": alpha_steps, "alpha_lr": alpha_lr,
+                  "alpha_intermediate": alpha_intermediate, "bounds": bounds,
                   "dtype": str(dtype).replace("torch.", ""), "torch": torch.__version__},
     )

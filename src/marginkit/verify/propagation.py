@@ -16,8 +16,10 @@ C f(x') over x' in S.
   that interval arithmetic leaves unstable, and are intersected with the interval bounds.
 - **alpha-CROWN** (Xu et al. 2021, "Fast and complete", section 3.1): the lower slopes alpha in [0, 1]
   become per-(sample, specification row, neuron) variables, optimised by projected Adam on the sum of
-  the specification bounds; intermediate bounds are CROWN's. Every iterate is a sound bound, so the
-  best value per row over the iterates (the first one is CROWN's) is kept.
+  the specification bounds (``alpha_steps``). Intermediate bounds are CROWN's, or, with
+  ``alpha_intermediate`` > 0, each intermediate neuron's bounds get their own slopes, optimised the
+  same way for that many steps (more expensive: every unstable neuron is a row). Every iterate is a
+  sound bound, so the best value per row over the iterates (the first one is CROWN's) is kept.
 
 Each method returns the elementwise maximum of its bound and the cheaper methods' bounds (all are
 sound), so CROWN is never looser than IBP and alpha-CROWN never looser than CROWN.
@@ -258,7 +260,8 @@ def _unstable_rows(mask: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _crown_layer(net: ReluNetwork, j: int, ibp: tuple[Tensor, Tensor], relax: Sequence[_Relax], biases: Sequence[Tensor],
-                 inp: _Input, max_elements: int, tight: bool = False) -> tuple[Tensor, Tensor]:
+                 inp: _Input, max_elements: int, tight: bool = False, alpha_steps: int = 0, alpha_lr: float = 0.1
+                 ) -> tuple[Tensor, Tensor]:
     lower, upper = ibp[0].clone(), ibp[1].clone()
     mask = (lower < 0) & (upper > 0)
     idx, valid = _unstable_rows(mask)
@@ -272,7 +275,10 @@ def _crown_layer(net: ReluNetwork, j: int, ibp: tuple[Tensor, Tensor], relax: Se
         k = sel.shape[1]
         rows = torch.zeros((n, k, width), dtype=lower.dtype, device=lower.device)
         rows.scatter_(2, sel[..., None], ok[..., None].to(lower.dtype))
-        both = _backward(net, j, torch.cat((rows, -rows), dim=1), relax, biases, inp, tight=tight)
+        signed = torch.cat((rows, -rows), dim=1)
+        both = _backward(net, j, signed, relax, biases, inp, tight=tight)
+        if alpha_steps > 0:
+            both = _optimise_slopes(net, j, signed, relax, biases, inp, both, alpha_steps, alpha_lr, tight)
         lo_k, hi_k = both[:, :k], -both[:, k:]
         cur_lo, cur_hi = lower.gather(1, sel), upper.gather(1, sel)
         lower.scatter_(1, sel, torch.where(ok, torch.maximum(cur_lo, lo_k), cur_lo))
@@ -281,7 +287,8 @@ def _crown_layer(net: ReluNetwork, j: int, ibp: tuple[Tensor, Tensor], relax: Se
 
 
 def _intermediate(net: ReluNetwork, inp: _Input, method: str, max_elements: int, biases: Sequence[Tensor],
-                  tight_intermediate: bool = False) -> tuple[list[tuple[Tensor, Tensor]], list[_Relax]]:
+                  tight_intermediate: bool = False, alpha_steps: int = 0, alpha_lr: float = 0.1
+                  ) -> tuple[list[tuple[Tensor, Tensor]], list[_Relax]]:
     bounds: list[tuple[Tensor, Tensor]] = []
     relax: list[_Relax] = []
     for j in range(len(net.layers) - 1):
@@ -290,7 +297,8 @@ def _intermediate(net: ReluNetwork, inp: _Input, method: str, max_elements: int,
         else:
             lo, hi = _interval_next(net, j, *bounds[-1])
             if method != "ibp":
-                lo, hi = _crown_layer(net, j, (lo, hi), relax, biases, inp, max_elements, tight_intermediate)
+                lo, hi = _crown_layer(net, j, (lo, hi), relax, biases, inp, max_elements, tight_intermediate,
+                                      alpha_steps if method == "alpha-crown" else 0, alpha_lr)
         bounds.append((lo, hi))
         relax.append(_Relax.of(lo, hi))
     return bounds, relax
@@ -307,20 +315,20 @@ def _ibp_spec(net: ReluNetwork, c: Tensor, bounds: Sequence[tuple[Tensor, Tensor
     return (a.clamp_min(0) * hl[:, None]).sum(-1) + (a.clamp_max(0) * hu[:, None]).sum(-1) + c @ biases[last]
 
 
-def _alpha_spec(net: ReluNetwork, c: Tensor, relax: Sequence[_Relax], biases: Sequence[Tensor], inp: _Input, start: Tensor,
-                steps: int, lr: float, stop_when_certified: bool) -> Tensor:
-    """alpha-CROWN on the specification rows: projected Adam on the lower slopes, best iterate per row."""
+def _optimise_slopes(net: ReluNetwork, j: int, a: Tensor, relax: Sequence[_Relax], biases: Sequence[Tensor], inp: _Input,
+                     start: Tensor, steps: int, lr: float, tight: bool, stop_when_certified: bool = False) -> Tensor:
+    """Projected Adam on per-(sample, row, neuron) lower slopes of the ReLUs below layer j; best iterate per row."""
     best = start.clone()
-    if steps <= 0 or not relax:
+    if steps <= 0 or j == 0:
         return best
-    k = c.shape[1]
-    alphas = [r.alpha0[:, None].expand(-1, k, -1).clone().requires_grad_(True) for r in relax]
+    k = a.shape[1]
+    alphas = [r.alpha0[:, None].expand(-1, k, -1).clone().requires_grad_(True) for r in relax[:j]]
     opt = torch.optim.Adam(alphas, lr=lr)
-    for step in range(steps):
+    for _ in range(steps):
         if stop_when_certified and bool((best > 0).all()):
             break
         with torch.enable_grad():
-            lb = _backward(net, len(net.layers) - 1, c, relax, biases, inp, tight=True, alphas=alphas)
+            lb = _backward(net, j, a, relax, biases, inp, tight=tight, alphas=alphas)
             opt.zero_grad(set_to_none=True)
             (-lb.sum()).backward()
         best = torch.maximum(best, lb.detach())
@@ -328,10 +336,14 @@ def _alpha_spec(net: ReluNetwork, c: Tensor, relax: Sequence[_Relax], biases: Se
         with torch.no_grad():
             for al in alphas:
                 al.clamp_(0.0, 1.0)
-    if steps > 0:
-        with torch.no_grad():
-            best = torch.maximum(best, _backward(net, len(net.layers) - 1, c, relax, biases, inp, tight=True, alphas=alphas))
-    return best
+    with torch.no_grad():
+        return torch.maximum(best, _backward(net, j, a, relax, biases, inp, tight=tight, alphas=alphas))
+
+
+def _alpha_spec(net: ReluNetwork, c: Tensor, relax: Sequence[_Relax], biases: Sequence[Tensor], inp: _Input, start: Tensor,
+                steps: int, lr: float, stop_when_certified: bool) -> Tensor:
+    """alpha-CROWN on the specification rows: projected Adam on the lower slopes, best iterate per row."""
+    return _optimise_slopes(net, len(net.layers) - 1, c, relax, biases, inp, start, steps, lr, True, stop_when_certified)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -385,11 +397,11 @@ def _sample_chunk(net: ReluNetwork, rows: int, max_elements: int) -> int:
 
 
 def compute_bounds(net: ReluNetwork, inp: _Input, c: Tensor | None, method: str, *, alpha_steps: int = 40, alpha_lr: float = 0.1,
-                   stop_when_certified: bool = False, max_elements: int = _MAX_ELEMENTS) -> Bounds:
+                   alpha_intermediate: int = 0, stop_when_certified: bool = False, max_elements: int = _MAX_ELEMENTS) -> Bounds:
     """Bounds of one chunk of samples (see :func:`spec_lower_bounds`); ``c`` None: pre-activations only."""
     with torch.no_grad():
         biases = _biases(net, inp.x.dtype, inp.x.device)
-        preact, relax = _intermediate(net, inp, method, max_elements, biases)
+        preact, relax = _intermediate(net, inp, method, max_elements, biases, False, alpha_intermediate, alpha_lr)
         if c is None:
             return Bounds(None, preact)
         spec = _ibp_spec(net, c, preact, inp, biases)
@@ -420,13 +432,14 @@ def preactivation_bounds(net: ReluNetwork, x: Tensor, eps: Tensor | float, norm:
 
 def spec_lower_bounds(net: ReluNetwork, x: Tensor, ref: Tensor, eps: Tensor | float, norm: Norm | str, *,
                       method: str = "crown", bounds: tuple[float, float] | None = (0.0, 1.0), alpha_steps: int = 40,
-                      alpha_lr: float = 0.1, stop_when_certified: bool = False, dtype: torch.dtype = torch.float64,
-                      max_elements: int = _MAX_ELEMENTS) -> Tensor:
+                      alpha_lr: float = 0.1, alpha_intermediate: int = 0, stop_when_certified: bool = False,
+                      dtype: torch.dtype = torch.float64, max_elements: int = _MAX_ELEMENTS) -> Tensor:
     """Certified lower bounds of f^ref - f^j over B_p(x, eps) ∩ box for every j != ref, shape (N, C-1).
 
     The rows follow :func:`marginkit.margins.gap.specification_matrix` (classes in increasing order,
     ``ref`` left out). The decision of sample n is certified at eps[n] exactly when its row is all > 0.
-    ``method``: "ibp", "crown" or "alpha-crown" (``alpha_steps`` Adam steps of size ``alpha_lr``;
+    ``method``: "ibp", "crown" or "alpha-crown" (``alpha_steps`` Adam steps of size ``alpha_lr``,
+    ``alpha_intermediate`` steps for the intermediate bounds;
     ``stop_when_certified`` stops once every row of the chunk is positive, as the radius search needs).
     """
     m = _check_method(method)
@@ -438,6 +451,6 @@ def spec_lower_bounds(net: ReluNetwork, x: Tensor, ref: Tensor, eps: Tensor | fl
     c = specification_matrix(ref, net.num_classes, dtype=dtype)
     step = _sample_chunk(net, c.shape[1], max_elements * 8)
     out = [compute_bounds(net, inp.subset(slice(s, s + step)), c[s:s + step], m, alpha_steps=alpha_steps, alpha_lr=alpha_lr,
-                          stop_when_certified=stop_when_certified, max_elements=max_elements).spec
+                          alpha_intermediate=alpha_intermediate, stop_when_certified=stop_when_certified, max_elements=max_elements).spec
            for s in range(0, n, step)]
     return torch.cat([o for o in out if o is not None]) if out else torch.zeros((0, net.num_classes - 1), dtype=dtype)

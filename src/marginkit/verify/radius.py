@@ -151,4 +151,4 @@ def certified_radius(net: ReluNetwork, x: Tensor, ref: Tensor, norm: Norm | str,
 
 
 def _no_alpha(kw: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in kw.items() if k not in ("alpha_steps", "alpha_lr")}
+    return {k: v for k, v in kw.items() if k not in ("alpha_steps", "alpha_lr", "alpha_intermediate")}
