@@ -12,17 +12,7 @@ from torch import nn
 from marginkit.margins.affine import affine_input_margin
 from marginkit.verify.enumerate import MAX_ENUMERATED_NEURONS, enumerate_margin, enumerate_margin_layers
 
-
-def two_relu_net() -> nn.Sequential:
-    """z0 = 0.1, z1 = relu(x1 - 0.6) + relu(x2 - 0.6) on [0, 1]^2: from (0.5, 0.5) class 1 needs one
-    coordinate at 0.7 (l1 = l2 = 0.2) or both at 0.65 (linf = 0.15), a non-convex flipping set."""
-    net = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2))
-    with torch.no_grad():
-        net[0].weight.copy_(torch.eye(2))
-        net[0].bias.fill_(-0.6)
-        net[2].weight.copy_(torch.tensor([[0.0, 0.0], [1.0, 1.0]]))
-        net[2].bias.copy_(torch.tensor([0.1, 0.0]))
-    return net
+from ._exact_nets import two_relu_net
 
 
 @pytest.mark.parametrize("norm, expected", [("linf", 0.15), ("l1", 0.2), ("l2", 0.2)])

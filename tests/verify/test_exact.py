@@ -15,25 +15,10 @@ from marginkit.verify import milp
 from marginkit.verify.enumerate import enumerate_margin
 from marginkit.verify.exact import exact_margin
 
+from ._exact_nets import tiny_net, two_relu_net
+
 SOLVERS = milp.available_solvers()
 needs_scip = pytest.mark.skipif("scip" not in SOLVERS, reason="pyscipopt is not installed")
-
-
-def tiny_net(seed: int, widths: tuple[int, ...] = (3, 5, 4, 3)) -> nn.Sequential:
-    """A ReLU MLP whose classes all own part of [0, 1]^d: the output bias ties the logits at the centre."""
-    g = torch.Generator().manual_seed(seed)
-    layers: list[nn.Module] = []
-    for k in range(len(widths) - 1):
-        lin = nn.Linear(widths[k], widths[k + 1])
-        with torch.no_grad():
-            lin.weight.copy_(2 * torch.randn(widths[k + 1], widths[k], generator=g))
-            lin.bias.copy_(torch.randn(widths[k + 1], generator=g))
-        layers += [lin, nn.ReLU()]
-    net = nn.Sequential(*layers[:-1]).double()
-    with torch.no_grad():
-        centre = net(torch.full((1, widths[0]), 0.5, dtype=torch.float64))[0]
-        net[-1].bias -= centre - 0.1 * torch.randn(widths[-1], generator=g, dtype=torch.float64)
-    return net.float().eval()
 
 
 def assert_verified(model: nn.Module, x: torch.Tensor, res, norm: str) -> None:
@@ -104,12 +89,7 @@ def test_attack_upper_bound_is_the_cutoff() -> None:
 
 
 def test_hand_built_network_and_misclassified_label() -> None:
-    net = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2))
-    with torch.no_grad():
-        net[0].weight.copy_(torch.eye(2))
-        net[0].bias.fill_(-0.6)
-        net[2].weight.copy_(torch.tensor([[0.0, 0.0], [1.0, 1.0]]))
-        net[2].bias.copy_(torch.tensor([0.1, 0.0]))
+    net = two_relu_net()
     x = torch.tensor([[0.5, 0.5], [0.5, 0.5]])
     res = exact_margin(net, x, torch.tensor([0, 1]), "linf")
     assert res.status == ["exact", "misclassified"]
@@ -118,12 +98,9 @@ def test_hand_built_network_and_misclassified_label() -> None:
 
 
 def test_nothing_in_the_box_flips_is_exact_inf() -> None:
-    net = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2))
+    net = two_relu_net()
     with torch.no_grad():
-        net[0].weight.copy_(torch.eye(2))
-        net[0].bias.zero_()
-        net[2].weight.copy_(torch.tensor([[0.0, 0.0], [1.0, 1.0]]))
-        net[2].bias.copy_(torch.tensor([5.0, 0.0]))
+        net[2].bias[0] = 5.0  # class 1 reaches at most 0.8 in the box
     res = exact_margin(net, torch.tensor([[0.5, 0.5]]), None, "l1")
     assert res.status == ["exact"] and math.isinf(res.lower[0].item()) and math.isinf(res.upper[0].item())
 
