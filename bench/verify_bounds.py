@@ -94,16 +94,43 @@ print(base / 1024, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, ti
 
 
 def _memory(args: argparse.Namespace) -> list[dict]:
+    """Peak RSS of the child (VmHWM, polled); a child still running after --memory-timeout is stopped and
+    its peak so far reported with ``finished: false`` (the working set is bounded by the chunk size, so
+    the peak is reached within the first row chunks)."""
     rows = []
     for method in args.memory_methods.split(","):
-        out = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, method, str(args.memory_n), str(args.memory_eps)],
-                             capture_output=True, text=True, check=True)
-        base, peak, secs, share = (float(v) for v in out.stdout.split())
-        row = {"memory": True, "method": method, "n": args.memory_n, "eps": args.memory_eps, "peak_rss_mib": peak,
-               "rss_before_mib": base, "seconds": secs, "certified_share": share}
+        proc = subprocess.Popen([sys.executable, "-c", _MEMORY_CHILD, method, str(args.memory_n), str(args.memory_eps)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        start, peak = time.perf_counter(), 0.0
+        while proc.poll() is None and time.perf_counter() - start < args.memory_timeout:
+            peak = max(peak, _vm_hwm(proc.pid))
+            time.sleep(1.0)
+        finished = proc.poll() is not None
+        if not finished:
+            peak = max(peak, _vm_hwm(proc.pid))
+            proc.kill()
+        out, _ = proc.communicate()
+        row: dict = {"memory": True, "method": method, "n": args.memory_n, "eps": args.memory_eps, "finished": finished,
+                     "wall_seconds": time.perf_counter() - start}
+        if finished and out.strip():
+            base, peak_child, secs, share = (float(v) for v in out.split())
+            row.update(peak_rss_mib=peak_child, rss_before_mib=base, seconds=secs, certified_share=share)
+        else:
+            row.update(peak_rss_mib_so_far=peak)
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
+
+
+def _vm_hwm(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return float(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 def main() -> None:
@@ -120,6 +147,7 @@ def main() -> None:
     ap.add_argument("--memory-n", type=int, default=100)
     ap.add_argument("--memory-eps", type=float, default=0.05)
     ap.add_argument("--memory-methods", default="ibp,crown")
+    ap.add_argument("--memory-timeout", type=float, default=3600.0, help="seconds before a memory child is stopped")
     ap.add_argument("--skip-table", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
