@@ -303,4 +303,5 @@ def _solver_versions(name: str) -> dict[str, str]:
         import pyscipopt
 
         out["pyscipopt"] = getattr(pyscipopt, "__version__", "?")
+        out["scip"] = str(pyscipopt.Model().version())
     return out
