@@ -107,7 +107,6 @@ def input_margin_columns(model: nn.Module, xb: torch.Tensor, norm: Norm, estimat
     if estimator == "certify":
         res = fn(model, xb, None, norm, upper=upper, bounds=bounds, **verify_opts)
     else:
-        time_limit = verify_opts.pop("time_limit", None)
-        res = fn(model, xb, None, norm, upper=upper, bounds=bounds, time_limit=time_limit, **verify_opts)
+        res = fn(model, xb, None, norm, upper=upper, bounds=bounds, **verify_opts)
     cols.update(_verified_columns(res, n, np.asarray(cols["seconds"], dtype=np.float64)))
     return cols
