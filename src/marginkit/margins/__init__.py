@@ -2,7 +2,7 @@
 
 from .affine import AffineMargin, affine_input_margin, affine_input_margin_solver, affine_map_or_none, affine_parameters, is_affine
 from .estimators import ESTIMATORS, check_estimator, resolve_estimator
-from .robust import robust_accuracy, robust_accuracy_curve
+from .robust import BracketRobustness, bracket_robustness, robust_accuracy, robust_accuracy_curve
 from .output import (
     OutputMargins,
     equidistance_summary,
@@ -33,5 +33,7 @@ __all__ = [
     "pairwise_gaps",
     "resolve_estimator",
     "robust_accuracy",
+    "BracketRobustness",
+    "bracket_robustness",
     "robust_accuracy_curve",
 ]

@@ -9,11 +9,12 @@ it is a lower bound. ``inf`` (no flipping point exists or none was found) counts
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["robust_accuracy", "robust_accuracy_curve"]
+__all__ = ["robust_accuracy", "robust_accuracy_curve", "BracketRobustness", "bracket_robustness"]
 
 
 def _as_array(values: Any, name: str) -> np.ndarray:
@@ -67,3 +68,46 @@ def robust_accuracy_curve(margins: Any, eps: Sequence[float], correct: Any | Non
     if d.shape[0] == 0:
         raise ValueError("robust accuracy of an empty set of samples is undefined")
     return [float(np.mean(c & (d > _check_eps(e)))) for e in eps]
+
+
+@dataclass(frozen=True)
+class BracketRobustness:
+    """Robustness at each radius read from a bracket lower <= d_in <= upper.
+
+    ``certified``: share of samples correct with lower > eps (a lower bound on robust accuracy);
+    ``attack``: share correct with upper > eps (an upper bound); the true robust accuracy lies between.
+    ``decided``: share of samples whose robust / non-robust label at eps is certain: misclassified, or
+    lower > eps (robust for sure), or upper <= eps (a verified flip within eps).
+    """
+
+    eps: tuple[float, ...]
+    certified: tuple[float, ...]
+    attack: tuple[float, ...]
+    decided: tuple[float, ...]
+    samples: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def bracket_robustness(lower: Any, upper: Any, eps: Sequence[float], correct: Any | None = None) -> BracketRobustness:
+    """Certified and attack-based robust accuracy and the decided share at every radius in ``eps``.
+
+    ``lower``: (N,) certified lower bounds (NaN where none was computed: nothing is certified there);
+    ``upper``: (N,) verified upper bounds (``inf`` where no flip was found); both by the same formula
+    as :func:`robust_accuracy`.
+    """
+    lo = _as_array(lower, "lower").astype(np.float64).reshape(-1)
+    lo = np.where(np.isnan(lo), 0.0, lo)
+    up, c = _margins_and_correct(upper, correct)
+    if lo.shape != up.shape:
+        raise ValueError(f"lower has {lo.shape[0]} entries for {up.shape[0]} upper bounds")
+    if (lo > up * (1 + 1e-9) + 1e-12).any():
+        raise ValueError(f"{int((lo > up).sum())} sample(s) have a lower bound above the upper bound; a bracket needs lower <= upper")
+    if up.shape[0] == 0:
+        raise ValueError("robust accuracy of an empty set of samples is undefined")
+    es = [_check_eps(e) for e in eps]
+    cert = [float(np.mean(c & (lo > e))) for e in es]
+    att = [float(np.mean(c & (up > e))) for e in es]
+    dec = [float(np.mean(~c | (lo > e) | (up <= e))) for e in es]
+    return BracketRobustness(tuple(es), tuple(cert), tuple(att), tuple(dec), int(up.shape[0]))
