@@ -116,7 +116,9 @@ def layerwise_bounds(model: nn.Module, inputs: torch.Tensor, labels: torch.Tenso
             # an affine layer of full column rank after the previous layer adds no collision: same budgets
             info = {**prior.info, "layer": name, "method": "injective-reuse", "searched": 0, "programs": 0,
                     "seconds": 0.0, "reused_from": prev_name}
-            info.pop("collisions_per_second", None)
+            for k in ("collisions_per_second", "search_seconds", "settled", "settled_first_relu", "improved",
+                      "statuses"):
+                info.pop(k, None)
             pb = PairBudgets(prior.i, prior.j, prior.budget.copy(), prior.labels, info)
         if pb is None:
             pb = pair_budgets(chain, x, y, norm, eps_grid=eps_grid, bounds=bounds, prior=prior, neighbours=neighbours,
