@@ -7,6 +7,7 @@ the report writers of :mod:`marginkit.report` (:mod:`.consistency`, :mod:`.bound
 """
 
 from .bounds import BoundsJob, BoundsRun, run_bounds
+from .bracket import SubsetBracket, certify_subset
 from .consistency import (
     ConsistencyOptions,
     ConsistencyRun,
@@ -25,6 +26,8 @@ from .train import TrackedTraining, TrainJob, track_margins, train_checkpoint
 __all__ = [
     "BoundsJob",
     "BoundsRun",
+    "SubsetBracket",
+    "certify_subset",
     "ConsistencyOptions",
     "ConsistencyRun",
     "DataRef",
