@@ -51,8 +51,8 @@ def certify_subset(model: nn.Module, inputs: torch.Tensor, table: pd.DataFrame, 
                              "convolutional network: certification is minutes per sample on a CPU (pass include_conv=True)")
     certify = verify_function("certify")
     norm = str(table["norm"].iloc[0])
-    idx = torch.as_tensor(rows["index"].to_numpy(), dtype=torch.long)
-    upper = torch.as_tensor(rows["input_margin_upper"].to_numpy(dtype=np.float64))
+    idx = torch.as_tensor(rows["index"].to_numpy().copy(), dtype=torch.long)
+    upper = torch.as_tensor(rows["input_margin_upper"].to_numpy(dtype=np.float64).copy())
     from ..verify.network import UnsupportedLayerError  # the lookup above made sure the package exists
 
     try:
