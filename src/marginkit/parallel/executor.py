@@ -20,7 +20,7 @@ import pandas as pd
 from ..results.table import ResultsStore
 from .config import ExecutorConfig, executor_config
 from .shards import Shard
-from .worker import NO_ARGUMENT, WorkerStats, execute
+from .worker import WorkerStats, call, execute
 
 __all__ = ["RAY_EXTRA", "RunReport", "ShardFailedError", "import_ray", "run_many", "run_shards"]
 
@@ -123,8 +123,9 @@ class _Ray(_Backend):
     def __init__(self, config: ExecutorConfig) -> None:
         self.ray = import_ray()
         self.started = False
-        t0 = time.perf_counter()
+        self.startup_seconds = 0.0
         if not self.ray.is_initialized():
+            t0 = time.perf_counter()
             kw: dict[str, Any] = {"include_dashboard": False}
             env = dict(config.runtime_env or {})
             if config.ray_address is not None:
@@ -142,7 +143,7 @@ class _Ray(_Backend):
                 kw["runtime_env"] = env
             self.ray.init(**kw)
             self.started = True
-        self.startup_seconds = time.perf_counter() - t0
+            self.startup_seconds = time.perf_counter() - t0
         resources = self.ray.cluster_resources()
         gpus = float(resources.get("GPU", 0.0))
         self.num_gpus = (1.0 if gpus > 0 else 0.0) if config.num_gpus is None else float(config.num_gpus)
@@ -337,7 +338,7 @@ def run_many(tasks: Sequence[Callable[[], R]], *, config: ExecutorConfig | None 
         if prior is not None:
             results[i] = prior
         else:
-            jobs.append(_Job(i, names[i] if names is not None else f"task {i}", t, NO_ARGUMENT, 1))
+            jobs.append(_Job(i, names[i] if names is not None else f"task {i}", call, t, 1))
     bar = None
     if cfg.progress and jobs:
         from tqdm.auto import tqdm

@@ -10,7 +10,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable, TypeVar
 
-__all__ = ["WorkerStats", "clear_worker_cache", "execute", "worker_cache_size", "worker_cached", "worker_device"]
+__all__ = ["WorkerStats", "call", "clear_worker_cache", "execute", "worker_cache_size", "worker_cached", "worker_device"]
 
 T = TypeVar("T")
 
@@ -18,7 +18,6 @@ T = TypeVar("T")
 # data; a zoo run that moves on to the next model drops the oldest instead of holding every model.
 _CACHE: "OrderedDict[Hashable, Any]" = OrderedDict()
 _CACHE_SIZE = 2
-NO_ARGUMENT = object()  # placeholder argument of execute() for zero-argument tasks (run_many)
 
 
 def _callable_key(factory: Callable[..., Any]) -> tuple[str, str]:
@@ -113,8 +112,13 @@ def _gpu_state() -> tuple[float, str]:
     return torch.cuda.max_memory_allocated() / 2**20, f"cuda:{torch.cuda.current_device()}"
 
 
+def call(task: Callable[[], Any]) -> Any:
+    """``task()``: how :func:`execute` runs the zero-argument tasks of ``run_many``."""
+    return task()
+
+
 def execute(fn: Callable[..., Any], arg: Any, threads: int | None = None) -> tuple[Any, WorkerStats]:
-    """Run ``fn(arg)`` (``fn()`` for :data:`NO_ARGUMENT`) and return its result with :class:`WorkerStats`.
+    """Run ``fn(arg)`` and return its result with :class:`WorkerStats`.
 
     ``threads``: torch intra-op threads to use in this process (Ray tasks; None leaves them as they are).
     """
@@ -124,7 +128,7 @@ def execute(fn: Callable[..., Any], arg: Any, threads: int | None = None) -> tup
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    out = fn() if arg is NO_ARGUMENT else fn(arg)
+    out = fn(arg)
     seconds = time.perf_counter() - t0
     gpu, device = _gpu_state()
     return out, WorkerStats(os.getpid(), socket.gethostname(), seconds, _peak_rss_mib(), gpu, device)

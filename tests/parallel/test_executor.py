@@ -1,4 +1,8 @@
-"""The executors' shared semantics on the in-process executor (no Ray needed): results, resume, errors."""
+"""The executors: results equal the single-process run, resume, retries, errors.
+
+The in-process tests always run; the Ray tests skip where Ray is not installed (the ``ray`` extra) and
+share one local Ray cluster of two workers per module.
+"""
 
 from __future__ import annotations
 
@@ -69,12 +73,19 @@ class MarginTask:
     budget: int = BUDGET
     marker_dir: str | None = None
     fail_on: int | None = None
+    die_on: int | None = None  # this shard's worker process exits on its first attempt (needs marker_dir)
+    die_always: bool = False  # ... on every attempt
 
     def __call__(self, shard: Shard) -> pd.DataFrame:
         if self.marker_dir is not None:
             open(os.path.join(self.marker_dir, f"call-{shard.number}-{uuid.uuid4().hex}"), "w").close()
         if shard.number == self.fail_on:
             raise RuntimeError("boom")
+        if shard.number == self.die_on and self.marker_dir is not None:
+            flag = os.path.join(self.marker_dir, f"died-{shard.number}")
+            if self.die_always or not os.path.exists(flag):
+                open(flag, "w").close()
+                os._exit(1)  # a killed worker: no exception, no cleanup
         model = worker_cached(tiny_model, self.seed, self.marker_dir).to(worker_device())
         x = worker_cached(tiny_inputs, self.n, self.seed)[shard.array]
         return margin_rows(model, x.to(worker_device()), shard.array, self.budget)
@@ -228,3 +239,93 @@ def test_worker_cache_is_per_process_and_bounded():
         worker_cached(lambda: 1)
     with pytest.raises(TypeError, match="unhashable"):
         worker_cached(tiny_inputs, [4], 0)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------------------ Ray
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray = pytest.importorskip("ray")
+    # The tasks of this module are not importable in the workers: ship them by value.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}})
+    yield ray
+    ray.shutdown()
+    ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+
+
+def parts_rows(directory) -> int:
+    import pyarrow.parquet as pq
+
+    parts = os.path.join(directory, "parts")
+    return sum(pq.read_metadata(os.path.join(parts, f)).num_rows for f in os.listdir(parts))
+
+
+def test_ray_two_workers_equal_single_process(ray_cluster, tmp_path):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    store = ResultsStore(tmp_path / "run", {"case": "ray"})
+    report = run_shards(MarginTask(marker_dir=str(marks)), make_shards(N, shard_size=4), store=store,
+                        workers=2, progress=False)
+    df = store.finalize()
+    assert_same_table(df, reference())
+    assert (report.executor, report.ran, report.samples_written, report.startup_seconds) == ("ray", 6, N, 0.0)
+    assert calls(str(marks)) == [0, 1, 2, 3, 4, 5]
+    pids = {s.pid for s in report.stats}
+    assert os.getpid() not in pids and 1 <= len(pids) <= 2  # at most two workers ran at a time
+    loads = [f.split("-")[1] for f in os.listdir(marks) if f.startswith("load-")]
+    assert sorted(set(loads)) == sorted(loads) and {int(p) for p in loads} <= pids  # each worker loaded once
+    assert all(s.device == "cpu" and s.peak_rss_mib > 0 for s in report.stats)
+
+
+def test_ray_killed_worker_is_retried_without_duplicates(ray_cluster, tmp_path):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    store = ResultsStore(tmp_path / "run", {"case": "fault"})
+    report = run_shards(MarginTask(marker_dir=str(marks), die_on=1), make_shards(N, shard_size=6), store=store,
+                        workers=2, max_retries=2, progress=False)
+    assert calls(str(marks)).count(1) == 2 and os.path.exists(marks / "died-1")  # the first attempt died
+    assert report.samples_written == N and parts_rows(tmp_path / "run") == N  # no row twice, none lost
+    df = store.finalize()
+    assert df["index"].tolist() == list(range(N))
+    assert_same_table(df, reference())
+
+
+@pytest.mark.slow
+def test_ray_retries_exhausted_names_the_shard_and_rerun_resumes(ray_cluster, tmp_path):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    shards = make_shards(N, shard_size=6)
+    store = ResultsStore(tmp_path / "run", {"case": "exhausted"})
+    with pytest.raises(ShardFailedError, match=r"shard 3/4 \(samples 18\.\.23, 6 samples\) failed: its worker was lost 2 time"):
+        run_shards(MarginTask(marker_dir=str(marks), die_on=3, die_always=True), shards, store=store,
+                   workers=2, max_retries=1, progress=False)
+    assert calls(str(marks)).count(3) == 2 and store.done == set(range(18))  # the other shards were written
+    before = len(calls(str(marks)))
+    report = run_shards(MarginTask(marker_dir=str(marks)), shards, store=ResultsStore(tmp_path / "run", {"case": "exhausted"}),
+                        workers=2, progress=False)
+    assert len(calls(str(marks))) - before == 1  # only the failed shard ran again
+    assert (report.skipped, report.ran) == (3, 1) and parts_rows(tmp_path / "run") == N
+
+
+@pytest.mark.slow
+def test_ray_task_exception_is_not_retried_and_run_many_keeps_order(ray_cluster, tmp_path):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    with pytest.raises(ShardFailedError, match="shard 1/2 .* raised RuntimeError: boom"):
+        run_shards(MarginTask(marker_dir=str(marks), fail_on=1), make_shards(8, shard_size=4),
+                   store=ResultsStore(tmp_path / "run", {}), workers=2, progress=False)
+    assert calls(str(marks)).count(1) == 1
+    saved = {2: -1}
+    out = run_many([_Square(k) for k in range(4)], done=saved.get, on_result=saved.__setitem__, workers=2, progress=False)
+    assert out == [0, 1, -1, 9] and saved == {0: 0, 1: 1, 2: -1, 3: 9}
+
+
+@dataclass(frozen=True)
+class _Square:
+    k: int
+
+    def __call__(self) -> int:
+        return self.k * self.k
