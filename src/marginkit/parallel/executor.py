@@ -90,12 +90,15 @@ class _Job:
 
 # --------------------------------------------------------------------------------------------------- backends
 
+_Failure = tuple[_Job, str, "BaseException | None"]
+_OnDone = Callable[[_Job, Any, WorkerStats], None]
+
+
 class _Backend:
     name = "local"
     startup_seconds = 0.0
 
-    def run(self, jobs: Sequence[_Job], config: ExecutorConfig,
-            on_done: Callable[[_Job, Any, WorkerStats], None]) -> list[tuple[_Job, str, BaseException | None]]:
+    def run(self, jobs: Sequence[_Job], config: ExecutorConfig, on_done: _OnDone) -> list[_Failure]:
         """Run ``jobs``, call ``on_done`` for each success; return the failures (job, reason, exception)."""
         raise NotImplementedError
 
@@ -104,7 +107,7 @@ class _Backend:
 
 
 class _Local(_Backend):
-    def run(self, jobs, config, on_done):  # type: ignore[no-untyped-def]
+    def run(self, jobs: Sequence[_Job], config: ExecutorConfig, on_done: _OnDone) -> list[_Failure]:
         for job in jobs:
             try:
                 out, stats = execute(job.fn, job.arg)
@@ -162,14 +165,14 @@ class _Ray(_Backend):
         self.window = slots if config.ray_address is not None and config.workers is not None else 2 * slots
         self.remote = self.ray.remote(execute)
 
-    def run(self, jobs, config, on_done):  # type: ignore[no-untyped-def]
+    def run(self, jobs: Sequence[_Job], config: ExecutorConfig, on_done: _OnDone) -> list[_Failure]:
         ray = self.ray
         options = {"num_cpus": config.num_cpus, "num_gpus": self.num_gpus, "max_retries": config.max_retries,
                    "retry_exceptions": False}
         shared: dict[int, Any] = {}  # one object-store copy per distinct task object (run_shards: one task)
         queue = deque(jobs)
         inflight: dict[Any, _Job] = {}
-        failures: list[tuple[_Job, str, BaseException | None]] = []
+        failures: list[_Failure] = []
         try:
             while queue or inflight:
                 while queue and not failures and len(inflight) < self.window:
@@ -213,7 +216,7 @@ def _backend(config: ExecutorConfig) -> _Backend:
     return _Ray(config) if config.backend == "ray" else _Local()
 
 
-def _raise_failures(failures: list[tuple[_Job, str, BaseException | None]], hint: str) -> None:
+def _raise_failures(failures: list[_Failure], hint: str) -> None:
     if not failures:
         return
     job, reason, exc = failures[0]
