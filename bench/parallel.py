@@ -112,7 +112,7 @@ def run_ray(task: MarginTask, shards: list[Shard], workers: int, tmp: str) -> di
     t1 = time.perf_counter()
     pids = run_many([Warmup(task, 1.0) for _ in range(workers)], workers=workers, progress=False)
     warm = time.perf_counter() - t1
-    store = ResultsStore(os.path.join(tmp, f"ray{workers}"), {"bench": "parallel"})
+    store = ResultsStore(tempfile.mkdtemp(prefix=f"ray{workers}-", dir=tmp), {"bench": "parallel"})  # a fresh store per run
     try:
         rep = run_shards(task, shards, store=store, workers=workers, progress=False)
     finally:
@@ -132,6 +132,8 @@ def main() -> int:
     ap.add_argument("--arch", default="cnn")
     ap.add_argument("--cache-dir", default=os.path.join(ROOT, "runs", "models"))
     ap.add_argument("--no-local", action="store_true", help="skip the in-process run")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="pairs of Ray runs (1 worker, N workers), in alternating order (1,N then N,1, ...)")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "parallel.md"))
     args = ap.parse_args()
 
@@ -144,24 +146,29 @@ def main() -> int:
         if not args.no_local:
             runs.append(run_local(task, shards, tmp))
             load.append(os.getloadavg()[0])
-        for w in (1, args.workers):
-            runs.append(run_ray(task, shards, w, tmp))
-            load.append(os.getloadavg()[0])
-            print(f"{runs[-1]['name']}: work {runs[-1]['work']:.1f} s, start-up {runs[-1]['startup']:.1f} s", flush=True)
+        for rep in range(args.repeats):
+            for w in ((1, args.workers) if rep % 2 == 0 else (args.workers, 1)):
+                runs.append(run_ray(task, shards, w, tmp))
+                runs[-1]["pair"] = rep
+                load.append(os.getloadavg()[0])
+                print(f"{runs[-1]['name']}: work {runs[-1]['work']:.1f} s, start-up {runs[-1]['startup']:.1f} s", flush=True)
     ref = runs[0]["table"]
     for r in runs:
         t = r["table"]
         assert t["index"].tolist() == list(range(args.n)), r["name"]
         r["diff"] = float(np.nanmax(np.abs(np.where(np.isinf(ref["input_margin_upper"]), 0, ref["input_margin_upper"] - t["input_margin_upper"]))))
         r["same_status"] = bool((ref["status"] == t["status"]).all()) and bool(np.array_equal(np.isinf(ref["input_margin_upper"]), np.isinf(t["input_margin_upper"])))
-    one = next(r for r in runs if r["name"] == "Ray, 1 worker")
-    many = runs[-1]
-    ratio = many["work"] / one["work"]
-    ratio_all = (many["work"] + many["startup"]) / (one["work"] + one["startup"])
+    ones = [r for r in runs if r["name"] == "Ray, 1 worker"]
+    manys = [r for r in runs if r.get("pair") is not None and r not in ones]
+    pairs = [(next(r for r in ones if r["pair"] == k), next(r for r in manys if r["pair"] == k)) for k in range(args.repeats)]
+    per_pair = [m["work"] / o["work"] for o, m in pairs]
+    ratio = sum(m["work"] for _, m in pairs) / sum(o["work"] for o, _ in pairs)
+    ratio_all = sum(m["work"] + m["startup"] for _, m in pairs) / sum(o["work"] + o["startup"] for o, _ in pairs)
+    one = ones[0]
 
     cmd = "python bench/parallel.py" + "".join(
         f" --{k.replace('_', '-')} {v}" for k, v in (("n", args.n), ("budget", args.budget), ("shard_size", args.shard_size),
-                                                      ("workers", args.workers)) if v != ap.get_default(k))
+                                                      ("workers", args.workers), ("repeats", args.repeats)) if v != ap.get_default(k))
     v = library_versions()
     lines = [
         "# Sharded runs: Ray workers against one worker and the in-process executor",
@@ -178,20 +185,20 @@ def main() -> int:
            "(two workers get two cores only when nothing else runs); rerun the command on an idle machine."
            if max(load) > 1.5 else "."),
         "",
-        "| executor | work (s) | start-up (s): ray.init + warm-up | samples / s (work) | peak RSS per worker (MiB) | max abs diff of the input margin vs in-process |",
-        "|---|---|---|---|---|---|",
+        "| run | executor | work (s) | start-up (s): ray.init + warm-up | samples / s (work) | peak RSS per worker (MiB) | max abs diff of the input margin vs in-process |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for r in runs:
+    for k, r in enumerate(runs, 1):
         rss = ", ".join(f"{x:.0f}" for x in sorted(r["rss"]))
-        lines.append(f"| {r['name']} | {r['work']:.1f} | {r['startup']:.1f}: {r['init']:.1f} + {r['warm']:.1f} | "
+        lines.append(f"| {k} | {r['name']} | {r['work']:.1f} | {r['startup']:.1f}: {r['init']:.1f} + {r['warm']:.1f} | "
                      f"{args.n / r['work']:.2f} | {rss} | {r['diff']:.1e}{'' if r['same_status'] else ' (status differs)'} |")
+    pair_text = (f" (total work of the {args.repeats} pairs; per pair, in run order: "
+                 f"{', '.join(f'{x:.2f}' for x in per_pair)})" if args.repeats > 1 else "")
     lines += [
         "",
-        f"**Wall-time ratio, {args.workers} workers / 1 worker: {ratio:.2f} on the work** (target <= 0.6), "
-        f"{ratio_all:.2f} with Ray's start-up included. "
-        f"In-process / Ray with 1 worker (work): {runs[0]['work'] / one['work']:.2f}." if not args.no_local else
-        f"**Wall-time ratio, {args.workers} workers / 1 worker: {ratio:.2f} on the work** (target <= 0.6), "
-        f"{ratio_all:.2f} with Ray's start-up included.",
+        f"**Wall-time ratio, {args.workers} workers / 1 worker: {ratio:.2f} on the work**{pair_text} (target <= 0.6), "
+        f"{ratio_all:.2f} with Ray's start-up included."
+        + ("" if args.no_local else f" In-process / Ray with 1 worker (work, first pair): {runs[0]['work'] / one['work']:.2f}."),
         "",
         "Start-up: `ray.init` starts the local cluster (GCS, raylet, idle workers); the warm-up runs one task per "
         "worker that imports torch and marginkit, loads the model from the checkpoint cache (afterwards "

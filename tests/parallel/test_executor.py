@@ -185,6 +185,21 @@ def test_rows_that_do_not_match_the_shard_are_refused(tmp_path, bad, match):
     assert err.value.name.startswith("shard 0/2") and store.done == set()
 
 
+def blank_rows(shard: Shard) -> pd.DataFrame:
+    rows = empty_columns(len(shard))
+    rows["index"] = shard.array
+    return pd.DataFrame(rows)
+
+
+def test_one_progress_bar_over_samples_counts_skipped_ones(tmp_path, capsys):
+    store = ResultsStore(tmp_path / "run", {})
+    store.append(blank_rows(Shard(0, tuple(range(6)))))
+    run_shards(blank_rows, make_shards(N, shard_size=6), store=store, desc="margins")
+    err = capsys.readouterr().err
+    assert err.count("margins:") >= 1 and " 6/24 " in err and "24/24" in err  # starts at the 6 done samples
+    assert store.done == set(range(N))
+
+
 def test_missing_ray_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # makes `import ray` raise ImportError
     store = ResultsStore(tmp_path / "run", {})

@@ -216,6 +216,36 @@ def _backend(config: ExecutorConfig) -> _Backend:
     return _Ray(config) if config.backend == "ray" else _Local()
 
 
+def _drive(cfg: ExecutorConfig, jobs: list[_Job], handle: _OnDone, *, total: int, desc: str,
+           unit: str) -> tuple[list[_Failure], float, float]:
+    """Run ``jobs`` on the configured backend with one progress bar over ``total`` units (those not in
+    ``jobs`` count as done); ``handle`` receives each result. Returns failures, work and start-up seconds."""
+    if not jobs:
+        return [], 0.0, 0.0
+    bar = None
+    if cfg.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, initial=total - sum(j.units for j in jobs), desc=desc, unit=unit, dynamic_ncols=True)
+
+    def on_done(job: _Job, out: Any, stats: WorkerStats) -> None:
+        handle(job, out, stats)
+        if bar is not None:
+            bar.update(job.units)
+
+    backend: _Backend | None = None
+    try:
+        backend = _backend(cfg)
+        t0 = time.perf_counter()
+        failures = backend.run(jobs, cfg, on_done)
+        return failures, time.perf_counter() - t0, backend.startup_seconds
+    finally:
+        if bar is not None:
+            bar.close()
+        if backend is not None:
+            backend.close()
+
+
 def _raise_failures(failures: list[_Failure], hint: str) -> None:
     if not failures:
         return
@@ -274,21 +304,14 @@ def run_shards(task: ShardTask, shards: Iterable[Shard], *, store: ResultsStore,
             raise ValueError(f"{s.name} repeats samples of an earlier shard; each sample must be in one shard")
         seen.update(s.indices)
     jobs: list[_Job] = []
-    done_units = 0
     for s in shards:
         todo = store.pending(s.indices)
-        done_units += len(s) - todo.size
         if todo.size:
             part = s if todo.size == len(s) else replace(s, indices=tuple(int(i) for i in todo))
             jobs.append(_Job(len(jobs), part.name, task, part, todo.size))
     total = len(seen)
     written = 0
     finished = 0
-    bar = None
-    if cfg.progress and jobs:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total, initial=done_units, desc=desc, unit="sample", dynamic_ncols=True)
     stats: list[WorkerStats] = []
 
     def on_done(job: _Job, rows: Any, st: WorkerStats) -> None:
@@ -296,24 +319,11 @@ def run_shards(task: ShardTask, shards: Iterable[Shard], *, store: ResultsStore,
         written += store.append(_check_rows(job.arg, rows))
         finished += 1
         stats.append(st)
-        if bar is not None:
-            bar.update(job.units)
 
-    backend: _Backend | None = None
-    t0 = time.perf_counter()
-    try:
-        backend = _backend(cfg) if jobs else None
-        t0 = time.perf_counter()
-        failures = backend.run(jobs, cfg, on_done) if backend is not None else []
-    finally:
-        if bar is not None:
-            bar.close()
-        if backend is not None:
-            backend.close()
-    seconds = time.perf_counter() - t0
+    failures, seconds, startup = _drive(cfg, jobs, on_done, total=total, desc=desc, unit="sample")
     _raise_failures(failures, f"{finished} shard(s) finished and are in the store; a rerun resumes from them")
-    return RunReport(cfg.backend, len(shards), len(shards) - len(jobs), finished, total, written, seconds,
-                     backend.startup_seconds if backend is not None else 0.0, tuple(stats))
+    return RunReport(cfg.backend, len(shards), len(shards) - len(jobs), finished, total, written, seconds, startup,
+                     tuple(stats))
 
 
 def run_many(tasks: Sequence[Callable[[], R]], *, config: ExecutorConfig | None = None,
@@ -342,11 +352,6 @@ def run_many(tasks: Sequence[Callable[[], R]], *, config: ExecutorConfig | None 
             results[i] = prior
         else:
             jobs.append(_Job(i, names[i] if names is not None else f"task {i}", call, t, 1))
-    bar = None
-    if cfg.progress and jobs:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(tasks), initial=len(tasks) - len(jobs), desc=desc, unit="task", dynamic_ncols=True)
     finished = 0
 
     def on_done(job: _Job, out: Any, st: WorkerStats) -> None:
@@ -355,17 +360,7 @@ def run_many(tasks: Sequence[Callable[[], R]], *, config: ExecutorConfig | None 
         if on_result is not None:
             on_result(job.key, out)
         finished += 1
-        if bar is not None:
-            bar.update(1)
 
-    backend: _Backend | None = None
-    try:
-        backend = _backend(cfg) if jobs else None
-        failures = backend.run(jobs, cfg, on_done) if backend is not None else []
-    finally:
-        if bar is not None:
-            bar.close()
-        if backend is not None:
-            backend.close()
+    failures, _, _ = _drive(cfg, jobs, on_done, total=len(tasks), desc=desc, unit="task")
     _raise_failures(failures, f"{finished} task(s) finished" + (" and were passed to on_result" if on_result else ""))
     return results
