@@ -29,6 +29,8 @@ class ExecutorConfig:
     this many times; an exception raised by the task itself is not retried (it would fail again).
     ``runtime_env``: Ray runtime environment for the workers (e.g. ``{"pip": [...]}`` on a cluster whose
     nodes lack marginkit). ``progress``: one aggregated progress bar in the driver.
+    A Ray already initialised in this process (``ray.init`` called by the caller) is used as it is and left
+    running; one started by the executor is shut down when the run ends.
     """
 
     executor: str | None = None

@@ -177,10 +177,14 @@ class _Ray(_Backend):
             while queue or inflight:
                 while queue and not failures and len(inflight) < self.window:
                     job = queue.popleft()
-                    if id(job.fn) not in shared:
-                        shared[id(job.fn)] = ray.put(job.fn)
-                    ref = self.remote.options(name=job.name[:80], **options).remote(
-                        shared[id(job.fn)], job.arg, config.task_threads)
+                    try:
+                        if id(job.fn) not in shared:
+                            shared[id(job.fn)] = ray.put(job.fn)
+                        ref = self.remote.options(name=job.name[:80], **options).remote(
+                            shared[id(job.fn)], job.arg, config.task_threads)
+                    except (TypeError, AttributeError, ValueError) as exc:  # pickling errors of cloudpickle
+                        raise TypeError(f"{job.name}: the task cannot be shipped to Ray workers; it must be picklable "
+                                        f"(a module-level function, or a frozen dataclass of an importable module): {exc}") from exc
                     inflight[ref] = job
                 if not inflight:
                     break

@@ -82,6 +82,8 @@ class WorkerStats:
     ``peak_rss_mib``: the worker process's peak resident memory since it started (``getrusage``; NaN where
     unavailable), so it includes Ray, torch, the model and every earlier task of that process.
     ``peak_gpu_mib``: peak CUDA memory allocated by torch in that process (NaN when CUDA was not used).
+    ``cpu_seconds``: CPU time of the process during the task (all its threads): on a shared machine it
+    shows the work a task needed, apart from the time it waited for a core.
     """
 
     pid: int
@@ -90,6 +92,7 @@ class WorkerStats:
     peak_rss_mib: float
     peak_gpu_mib: float
     device: str
+    cpu_seconds: float = float("nan")
 
     @property
     def worker(self) -> str:
@@ -127,8 +130,8 @@ def execute(fn: Callable[..., Any], arg: Any, threads: int | None = None) -> tup
 
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = fn(arg)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     gpu, device = _gpu_state()
-    return out, WorkerStats(os.getpid(), socket.gethostname(), seconds, _peak_rss_mib(), gpu, device)
+    return out, WorkerStats(os.getpid(), socket.gethostname(), seconds, _peak_rss_mib(), gpu, device, cpu)
