@@ -24,7 +24,7 @@ def _callable_key(factory: Callable[..., Any]) -> tuple[str, str]:
     module = getattr(factory, "__module__", None)
     qualname = getattr(factory, "__qualname__", None)
     if not module or not qualname or "<locals>" in qualname or "<lambda>" in qualname:
-        raise TypeError(f"worker_cached needs a module-level function or class as factory, got {factory!r}: "
+        raise TypeError(f"needs a module-level function or class as factory, got {factory!r}: "
                         "its name is the cache key that is the same in every worker")
     return module, qualname
 
