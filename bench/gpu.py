@@ -9,7 +9,8 @@ writes nothing unless ``--out`` is given). Each measurement is preceded by a war
 and timed with the device synchronised.
 
     python bench/gpu.py                              # on a machine with a GPU: writes bench/gpu.md
-    python bench/gpu.py --device cpu --n 20 --models mlp --norms l2   # the same path on the CPU
+    python bench/gpu.py --device cpu --n 20 --models cnn --norms l2,linf --settings budget --budget 50 --threads 1
+                                                     # the same path on the CPU (a quick check)
 """
 
 from __future__ import annotations
@@ -74,10 +75,15 @@ def main() -> int:
     ap.add_argument("--models", default="cnn,mlp")
     ap.add_argument("--norms", default="l2,linf,l1")
     ap.add_argument("--budget", type=int, default=300, help="the fixed-budget setting (passes per sample)")
+    ap.add_argument("--settings", default="default,budget",
+                    help="engine settings to measure: default (the full schedule) and/or budget (--budget passes)")
     ap.add_argument("--cache-dir", default=os.path.join(ROOT, "runs", "models"))
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--out", default=None, help="results file (default: bench/gpu.md on CUDA, none on CPU)")
     args = ap.parse_args()
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("bench/gpu.py: no CUDA device on this machine (torch.cuda.is_available() is False); nothing measured. "
@@ -91,7 +97,8 @@ def main() -> int:
     for arch in args.models.split(","):
         model = demo_model(arch, cache_dir=args.cache_dir)[0].eval().to(device)
         for norm in args.norms.split(","):
-            for label, budget in (("default schedule", None), (f"budget {args.budget}", args.budget)):
+            settings = {"default": ("default schedule", None), "budget": (f"budget {args.budget}", args.budget)}
+            for label, budget in (settings[k] for k in args.settings.split(",")):
                 input_margin(model, x[:4], None, norm, budget=budget)  # warm-up: kernels, allocator, layout probe
                 res, secs, peak = timed(lambda: input_margin(model, x, None, norm, budget=budget), device)
                 assert res.upper.shape[0] == x.shape[0] and res.upper.device.type == "cpu"
@@ -111,7 +118,7 @@ def main() -> int:
     lines = [
         "# Engine and certification throughput on a GPU",
         "",
-        f"Command: `python bench/gpu.py{'' if args.n == 1000 else f' --n {args.n}'}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}). "
+        f"Command: `{' '.join(['python', 'bench/gpu.py', *sys.argv[1:]])}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}). "
         f"Device: {name} ({device}); torch {v.get('torch')}"
         + (f", CUDA {torch.version.cuda}" if device.type == "cuda" else "")
         + f". {x.shape[0]} mnist5k test points per row; demo models from `demo_model(arch)`; "
