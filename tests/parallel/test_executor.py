@@ -344,3 +344,22 @@ class _Square:
 
     def __call__(self) -> int:
         return self.k * self.k
+
+
+@dataclass(frozen=True)
+class _Locked:
+    lock: object
+
+    def __call__(self, shard: Shard) -> pd.DataFrame:
+        return blank_rows(shard)
+
+
+def test_ray_refuses_gpus_it_lacks_and_unpicklable_tasks(ray_cluster, tmp_path):
+    import threading
+
+    store = ResultsStore(tmp_path / "run", {})
+    with pytest.raises(ValueError, match=r"asks for 1 GPU\(s\) but the Ray cluster has 0"):
+        run_shards(blank_rows, make_shards(4), store=store, num_gpus=1, executor="ray", progress=False)
+    with pytest.raises(TypeError, match=r"shard 0/4 \(sample 0, 1 sample\): the task cannot be shipped to Ray workers; it must be picklable"):
+        run_shards(_Locked(threading.Lock()), make_shards(4), store=store, executor="ray", progress=False)
+    assert store.done == set() and ray_cluster.is_initialized()  # a cluster the caller started stays up

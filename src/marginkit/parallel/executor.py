@@ -152,7 +152,7 @@ class _Ray(_Backend):
         self.num_gpus = (1.0 if gpus > 0 else 0.0) if config.num_gpus is None else float(config.num_gpus)
         if self.num_gpus > gpus:
             self.close()
-            raise ValueError(f"each task asks for {self.num_gpus} GPU(s) but the Ray cluster has {gpus:g}; "
+            raise ValueError(f"each task asks for {self.num_gpus:g} GPU(s) but the Ray cluster has {gpus:g}; "
                              "pass num_gpus=0 to run on CPUs")
         slots = float(resources.get("CPU", 1.0)) / config.num_cpus if config.num_cpus > 0 else float("inf")
         if self.num_gpus > 0:
