@@ -9,6 +9,7 @@ import pandas as pd
 
 from ..models.checkpoint import model_fingerprint
 from ..results.table import ResultsStore
+from ..parallel import ExecutorConfig
 from .specs import MarginJob, load_data_ref, load_model_ref
 from .table import margin_table
 
@@ -30,12 +31,14 @@ def job_settings(job: MarginJob, fingerprint: str, dataset_name: str, dataset_fi
 
 
 def run_margins(job: MarginJob, out: str | os.PathLike, *, overwrite: bool = False,
-                progress: bool = True) -> tuple[pd.DataFrame, dict[str, Any]]:
+                progress: bool = True, executor: ExecutorConfig | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The per-sample margin table of ``job`` in the results directory ``out``; returns (table, settings).
 
     The table (``out/results.parquet`` with ``out/results.json``: settings, fingerprints of model and
     data, library versions) is written chunk by chunk, so rerunning an interrupted job resumes it;
     a rerun with different settings is refused. ``overwrite`` discards a previous run in ``out``.
+    ``executor`` (:class:`marginkit.parallel.ExecutorConfig`, e.g. ``ExecutorConfig(workers=2)`` for two
+    local Ray workers) spreads the samples over shards; None computes them in this process.
     """
     model, _ = load_model_ref(job.model)
     ds, x, y = load_data_ref(job.data)
@@ -45,7 +48,14 @@ def run_margins(job: MarginJob, out: str | os.PathLike, *, overwrite: bool = Fal
         import sys
 
         print(f"resuming: {len(store.done)} of {x.shape[0]} samples already in {os.fspath(out)}", file=sys.stderr)
-    df = margin_table(model, x, y, job.norm, input_margin=job.estimator, bounds=ds.bounds, store=store,
-                      progress=progress, attack_options=job.attack_kwargs() or None,
-                      verify_options=job.verify_kwargs() or None)
+    if executor is not None:
+        from dataclasses import replace
+
+        from .sharded import run_sharded
+
+        df = run_sharded(job, int(x.shape[0]), store, replace(executor, progress=progress and executor.progress))
+    else:
+        df = margin_table(model, x, y, job.norm, input_margin=job.estimator, bounds=ds.bounds, store=store,
+                          progress=progress, attack_options=job.attack_kwargs() or None,
+                          verify_options=job.verify_kwargs() or None)
     return df, settings
