@@ -17,7 +17,7 @@ from .consistency import (
     subset_estimate,
 )
 from .estimate import EstimatorUnavailable, input_margin_columns, verify_function
-from .run import job_settings, run_margins
+from .run import Prepared, job_settings, prepare, run_margins
 from .specs import DataRef, MarginJob, ModelRef, load_data_ref, load_model_ref
 from .table import INPUT_MARGIN_MODES, margin_table
 from .train import TrackedTraining, TrainJob, track_margins, train_checkpoint
@@ -32,6 +32,7 @@ __all__ = [
     "INPUT_MARGIN_MODES",
     "MarginJob",
     "ModelRef",
+    "Prepared",
     "SubsetEstimate",
     "TrackedTraining",
     "TrainJob",
@@ -43,6 +44,7 @@ __all__ = [
     "load_data_ref",
     "load_model_ref",
     "margin_table",
+    "prepare",
     "run_bounds",
     "run_margins",
     "subset_estimate",

@@ -79,6 +79,7 @@ class ConsistencyRun:
     model: str | None = None  # the model reference, None for a table alone
     isometry: Isometry | None = None
     pseudo_margin: PseudoMargin | None = None
+    skipped: dict[str, str] = field(default_factory=dict)  # step -> why it did not run
 
 
 def _finish(report: ConsistencyReport, source: dict[str, Any], model: str | None, t0: float) -> None:
@@ -111,11 +112,27 @@ def consistency_from_job(job: MarginJob, out: str | os.PathLike, eps: float, *,
                          progress: bool = True) -> ConsistencyRun:
     """Consistency of the model of ``job`` on its data: the per-sample table is computed (resumably) in
     ``out/table``; with ``options.pseudo_train`` the input margins of that many training samples go to
-    ``out/train_table`` and fit a pseudo-margin; ``options.isometry`` attacks samples again."""
+    ``out/train_table`` and fit a pseudo-margin; ``options.isometry`` attacks samples again.
+
+    Logit-margin analyses run for every model. Steps that read the model's representation (feature
+    margins, a pseudo-margin on features, the isometry check, head equidistance) need a linear head
+    split (an ``nn.Sequential`` ending in ``nn.Linear``, or the ``marginkit_split`` hook); without one
+    they are skipped and ``ConsistencyRun.skipped`` (also ``report.extras["skipped"]``) says why."""
     t0 = time.perf_counter()
     out = os.fspath(out)
     table_dir = os.path.join(out, "table")
     df, settings = run_margins(job, table_dir, overwrite=overwrite, progress=progress)
+    reason = settings.get("feature_margin_reason")
+    skipped: dict[str, str] = {}
+    if reason:
+        skipped["feature margin"] = reason
+        if options.pseudo_train > 0 and options.pseudo_source == "features":
+            skipped["pseudo-margin"] = ("it reads the model's features (see feature margin); "
+                                        "pseudo_source='logits' (CLI --pseudo-source logits) fits it on the logits")
+            options = dataclasses.replace(options, pseudo_train=0)
+        if options.isometry > 0:
+            skipped["isometry"] = "it compares feature distances (see feature margin)"
+            options = dataclasses.replace(options, isometry=0)
     model, _ = load_model_ref(job.model)
     x_eval = train = None
     bounds = (0.0, 1.0)
@@ -134,8 +151,14 @@ def consistency_from_job(job: MarginJob, out: str | os.PathLike, eps: float, *,
                                                                seed=options.seed),
                               isometry=options.isometry, bounds=bounds, attack_options=job.attack_kwargs(),
                               seed=options.seed, progress=progress, **options.evaluate_options())
+    if reason:
+        skipped["head equidistance"] = "it reads the linear head (see feature margin)"
+        study.report.extras.pop("equidistance", None)
+    if skipped:
+        study.report.extras["skipped"] = dict(skipped)
     _finish(study.report, {"table": os.path.abspath(table_dir), "table_settings": settings}, job.model.ref, t0)
-    return ConsistencyRun(study.report, float(eps), job.norm, job.model.ref, study.isometry, study.pseudo_margin)
+    return ConsistencyRun(study.report, float(eps), job.norm, job.model.ref, study.isometry, study.pseudo_margin,
+                          skipped)
 
 
 @dataclass
