@@ -17,7 +17,7 @@ from .consistency import (
     subset_estimate,
 )
 from .estimate import EstimatorUnavailable, input_margin_columns, verify_function
-from .run import Prepared, job_settings, prepare, run_margins
+from .run import Prepared, check_output_folder, job_settings, prepare, run_margins
 from .specs import DataRef, MarginJob, ModelRef, load_data_ref, load_model_ref
 from .table import INPUT_MARGIN_MODES, margin_table
 from .train import TrackedTraining, TrainJob, track_margins, train_checkpoint
@@ -36,6 +36,7 @@ __all__ = [
     "SubsetEstimate",
     "TrackedTraining",
     "TrainJob",
+    "check_output_folder",
     "consistency_from_job",
     "consistency_from_table",
     "eps_grid",

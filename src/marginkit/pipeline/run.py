@@ -19,7 +19,26 @@ from ..results.table import ResultsStore
 from .specs import DataRef, MarginJob, ModelRef, load_data_ref, load_model_ref
 from .table import margin_table
 
-__all__ = ["Prepared", "job_settings", "prepare", "run_margins"]
+__all__ = ["Prepared", "check_output_folder", "job_settings", "prepare", "run_margins"]
+
+
+def check_output_folder(path: str | os.PathLike) -> None:
+    """Fail early, with one line, when ``path`` cannot become an output folder (it is a file, a parent of
+    it is a file, or the folder or its nearest existing parent is read-only); creates nothing. For
+    commands that do long work (training) before the results store opens."""
+    from ..checks import OutputFolderError
+
+    path = os.path.abspath(os.fspath(path))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise OutputFolderError(f"output folder {path} is a file, not a folder; choose another output folder")
+    probe = path
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise OutputFolderError(f"output folder {path}: a parent of it ({probe}) is a file; choose another output folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise OutputFolderError(f"output folder {path}: {probe} is read-only; choose a writable output folder or fix "
+                                "its permissions")
 
 
 @dataclass

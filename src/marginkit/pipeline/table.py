@@ -29,6 +29,14 @@ __all__ = ["INPUT_MARGIN_MODES", "margin_table"]
 INPUT_MARGIN_MODES = ESTIMATORS
 
 
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def margin_table(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -104,6 +112,11 @@ def margin_table(
             frames.append(frame)
             if bar is not None:
                 bar.update(len(pos))
+                left = len(todo) - start - len(pos)
+                if start == 0 and left > 0:  # the expected run time, from the measured cost of the first chunk
+                    per = (time.perf_counter() - t0) / len(pos)
+                    bar.write(f"expected time for the remaining {left} samples: about {_duration(per * left)} "
+                              f"({per:.3g} s per sample measured on the first {len(pos)})")
     finally:  # an error prints on its own line, not after a half-drawn bar
         if bar is not None:
             bar.close()
