@@ -175,6 +175,14 @@ def test_run_on_an_unsplit_npz_says_so_and_its_model_path_works_with_margins(own
     assert 8 <= n <= 12 and f"stratified split, test_fraction 0.25, seed 0: {40 - n} train, {n} test" in res.output
 
 
+@pytest.mark.parametrize("extra", [[], ["--estimate-only", "5"]], ids=["table", "estimate"])
+def test_consistency_refused_by_validation_leaves_no_folder(own, extra):
+    res = runner.invoke(app, ["consistency", "--eps", "0.3", "--model", "ts.pt", "--dataset", "split.npz",
+                              "--classes", "0,1", *extra, "--out", "c"])
+    assert res.exit_code == 2 and "Traceback" not in res.output and "error: the model has 3 outputs" in res.output
+    assert not os.path.exists("c")
+
+
 def test_run_refuses_an_output_file_before_training(own):
     open("afile", "w").close()
     res = runner.invoke(app, ["run", "--dataset", "whole.npz", "--arch", "linear", "--out", "afile"])

@@ -75,10 +75,11 @@ def register(app: typer.Typer) -> None:
                                      pipeline.DataRef(dataset, parse_classes(classes), split, limit, seed, test_fraction),
                                      norm or "l2", input_margin, attack_options=parse_params(attack_param),
                                      verify_options=parse_params(verify_param))
-            os.makedirs(out, exist_ok=True)
+            pipeline.check_output_folder(out)
             if estimate_only > 0:
                 console.print(f"Algorithm 1: forward pass over the split, input margins ({job.norm}) of {estimate_only} samples")
                 est = pipeline.subset_estimate(job, radius, estimate_only, seed=seed)
+                os.makedirs(out, exist_ok=True)
                 paths = write_estimate_report(est, out)
                 ra, vf = est.estimates["robust_accuracy"], est.estimates["vulnerable_fraction"]
                 typer.echo(f"estimated robust accuracy {100 * ra.estimate:.2f}% (subset {100 * ra.subset_value:.2f}%), "

@@ -26,7 +26,7 @@ from ..consistency import (
 from ..models.checkpoint import model_fingerprint
 from ..norms import as_norm, parse_eps
 from ..results import library_versions, read_results
-from .run import run_margins
+from .run import prepare, run_margins
 from .specs import MarginJob, load_data_ref, load_model_ref
 
 __all__ = ["ConsistencyOptions", "ConsistencyRun", "SubsetEstimate", "consistency_from_job", "consistency_from_table",
@@ -177,14 +177,15 @@ def subset_estimate(job: MarginJob, eps: float, n: int, *, seed: int = 0, progre
     the attack's input margins of ``n`` random samples (seed paper Algorithm 1; no table is written)."""
     if job.estimator not in ("auto", "attack"):
         raise ValueError(f"Algorithm 1 estimates read attack margins; estimator {job.estimator!r} is not supported here")
-    model, _ = load_model_ref(job.model)
-    ds, x, y = load_data_ref(job.data)
+    p = prepare(job.model, job.data)  # checked on the data before any work
+    model, ds, x, y = p.model, p.dataset, p.inputs, p.labels
     t0 = time.perf_counter()
     res = subset_estimates(model, x, y, job.norm, eps, n=n, seed=seed,
                            margin_kwargs={"bounds": ds.bounds, "runtime": RuntimeOptions(progress=progress), **job.attack_kwargs()})
     total = time.perf_counter() - t0
     settings = {"model": job.model.ref, "model_fingerprint": model_fingerprint(model), "dataset": ds.name,
-                "split": job.data.split, "samples": int(x.shape[0]), "norm": job.norm, "eps": eps, "n": n, "seed": seed,
+                "split": job.data.split, "split_description": ds.split_description, "samples": int(x.shape[0]),
+                "norm": job.norm, "eps": eps, "n": n, "seed": seed,
                 "seconds_total": round(total, 2), "versions": library_versions()}
     return SubsetEstimate(res, settings)
 

@@ -61,6 +61,7 @@ def write_estimate_report(est: SubsetEstimate, out: str | os.PathLike) -> dict[s
              f"Input margins of {s['n']} random samples (seed {s['seed']}) out of {s['samples']}; threshold on the "
              f"logit margin tuned over the TPR grid; {ra.seconds_subset_margins or 0.0:.1f} s of attacks, "
              f"{s['seconds_total']:.1f} s in total.", "",
+             *([f"Data: {s['split_description']}", ""] if s.get("split_description") else []),
              "| quantity | subset value | estimate for all samples | TPR level alpha | logit-margin threshold |",
              "|---|---|---|---|---|",
              f"| robust accuracy | {100 * ra.subset_value:.2f} | {100 * ra.estimate:.2f} | {ra.alpha} | {ra.threshold:.4g} |",
