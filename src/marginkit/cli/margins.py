@@ -13,8 +13,14 @@ ESTIMATOR_HELP = ("auto (exact for affine models, else attack) | exact | attack 
                   "certify (attack + certified lower bound) | none")
 
 
+MARGINS_HELP = ("Compute logit, feature and input margins per sample; resumes an interrupted run in --out.\n\n"
+                "The model is checked on the data first (classes, input shape, determinism, tuple outputs). "
+                "Attack-based input margins take time in proportion to the samples: after the first chunk a line "
+                "states the expected time of the rest, from the measured per-sample cost.")
+
+
 def register(app: typer.Typer) -> None:
-    @app.command("margins")
+    @app.command("margins", help=MARGINS_HELP)
     @friendly_errors
     def margins_cmd(
         model: str = typer.Option(..., help="checkpoint path, TorchScript file or package.module:factory"),
@@ -38,11 +44,7 @@ def register(app: typer.Typer) -> None:
         verify_param: list[str] = typer.Option(None, "--verify-param", help="certify / exact option key=value, e.g. "
                                                "time_limit=60 (repeatable)"),
     ) -> None:
-        """Compute logit, feature and input margins per sample; resumes an interrupted run in --out.
-
-        The model is checked on the data first (classes, input shape, determinism, tuple outputs). With
-        attack-based input margins the run time grows with the samples: after the first chunk a line
-        states the expected time of the rest (a progress bar shows it too)."""
+        """Compute logit, feature and input margins per sample; resumes an interrupted run in --out."""
         from marginkit.pipeline import DataRef, MarginJob, run_margins
         from marginkit.report import write_summary
 

@@ -13,8 +13,15 @@ from ._common import TEST_FRACTION_HELP, console, eps_value, friendly_errors
 from .margins import ESTIMATOR_HELP
 
 
+RUN_HELP = ("Main job on the embedded data: demo model -> per-sample margins -> summary.md + histogram.\n\n"
+            "The default job takes about 2 minutes (bench/quickstart.md). The trained model is cached in runs/models/ "
+            "(its name carries a hash of the settings) and copied to OUT/model.pt, for "
+            "`marginkit margins --model OUT/model.pt`. Training prints its progress; the margin step states its "
+            "expected time after the first chunk.")
+
+
 def register(app: typer.Typer) -> None:
-    @app.command("run")
+    @app.command("run", help=RUN_HELP)
     @friendly_errors
     def run_cmd(
         dataset: str = typer.Option("mnist5k", help="built-in dataset or file spec (an npz with x/y alone is used "
@@ -30,11 +37,7 @@ def register(app: typer.Typer) -> None:
         eps: str = typer.Option(None, help="threat radius for robust accuracy and detection, e.g. 1.0 or 8/255 "
                                            "(default: l2 1.0, linf 0.05, l1 5.0)"),
     ) -> None:
-        """Main job on the embedded data: demo model -> per-sample margins -> summary.md + histogram.
-
-        The trained model is cached in runs/models/ (its name carries a hash of the settings) and copied to
-        OUT/model.pt, which `marginkit margins --model OUT/model.pt` reads. Training prints its progress;
-        the margin step states its expected time after the first chunk."""
+        """Main job on the embedded data: demo model -> per-sample margins -> summary.md + histogram."""
         from marginkit.margins.estimators import check_estimator
         from marginkit.norms import as_norm
         from marginkit.pipeline import DataRef, MarginJob, ModelRef, check_output_folder, load_data_ref, run_margins
