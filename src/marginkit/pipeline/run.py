@@ -100,14 +100,12 @@ def run_margins(job: MarginJob, out: str | os.PathLike, *, overwrite: bool = Fal
     a rerun with different settings is refused. ``overwrite`` discards a previous run in ``out``.
 
     The model is validated on the data (:func:`prepare`) before the results folder is touched, so a
-    refused run leaves nothing behind; the folder is locked while the table is written. The settings
-    also record the data split (``split_description``) and, when feature margins are not available,
-    why (``feature_margin_reason``).
+    refused run leaves nothing behind; the folder is locked while the table is written. The returned
+    settings also give the data split (``split_description``) and, when feature margins are not
+    available, why (``feature_margin_reason``), for summaries.
     """
     p = prepare(job.model, job.data)
     settings = job_settings(job, model_fingerprint(p.model), p.dataset.name, p.dataset.fingerprint(), p.inputs.shape[0])
-    settings["split_description"] = p.dataset.split_description
-    settings["feature_margin_reason"] = p.check.feature_margin_reason
     inputs = {"model": job.model.ref, "weights": job.model.weights, "data": p.dataset.source or None}
     with ResultsStore(os.fspath(out), settings, resume=not overwrite, inputs=inputs) as store:
         if store.done and progress:
@@ -118,4 +116,7 @@ def run_margins(job: MarginJob, out: str | os.PathLike, *, overwrite: bool = Fal
         df = margin_table(p.model, p.inputs, p.labels, job.norm, input_margin=job.estimator, bounds=p.dataset.bounds,
                           store=store, progress=progress, attack_options=job.attack_kwargs() or None,
                           verify_options=job.verify_kwargs() or None)
+    # For summaries; not settings a resume must match (the data and model fingerprints cover them).
+    settings["split_description"] = p.dataset.split_description
+    settings["feature_margin_reason"] = p.check.feature_margin_reason
     return df, settings
