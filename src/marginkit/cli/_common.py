@@ -3,7 +3,9 @@
 Every library error on bad input (ValueError, TypeError, OSError such as FileNotFoundError,
 PermissionError or IsADirectoryError, KeyError, IndexError, RuntimeError such as a shape mismatch in
 torch) is printed as ONE line ``error: ...`` on stderr and the command exits with code 2, without a
-traceback. ``marginkit --debug COMMAND ...`` re-raises instead, with the full traceback.
+traceback. ``marginkit --debug COMMAND ...`` re-raises instead, with the full traceback. The line is
+printed as plain text (no rich markup: messages hold brackets such as ``file.npz[x]``), after any open
+progress bar has been closed, so it starts a line of its own.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from typing import Any, Callable, TypeVar
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 
 from marginkit.norms import parse_eps, parse_radius
 
@@ -40,6 +41,19 @@ def error_line(exc: BaseException) -> str:
     return f"error: {text}"
 
 
+def _close_progress_bars() -> None:
+    """Close the tqdm bars an error left open, so that the error starts a line of its own."""
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        return
+    for bar in list(getattr(tqdm, "_instances", ())):
+        try:
+            bar.close()
+        except Exception:  # a bar that cannot close must not hide the error
+            pass
+
+
 def friendly_errors(fn: F) -> F:
     """Run a command so that library errors on bad input end it with one line and exit code 2."""
 
@@ -50,7 +64,8 @@ def friendly_errors(fn: F) -> F:
         except USER_ERRORS as exc:
             if state.debug:
                 raise
-            console.print(f"[bold red]{escape(error_line(exc))}[/]", soft_wrap=True, highlight=False)
+            _close_progress_bars()
+            typer.echo(error_line(exc), err=True)
             raise typer.Exit(code=EXIT_USER_ERROR) from exc
 
     return wrapper  # type: ignore[return-value]
@@ -112,3 +127,27 @@ def ints(text: str, option: str) -> list[int]:
         return [int(t) for t in (p.strip() for p in text.split(",")) if t]
     except ValueError as exc:
         raise typer.BadParameter(f"{option}: expected comma-separated integers, got {text!r}") from exc
+
+
+RANDOM_INIT_HELP = "use a module:factory model's initial (random) weights on purpose (without --weights)"
+LOGITS_KEY_HELP = "for a model returning a tuple/list/dict: the index or key of the logits, e.g. 0 or logits"
+STOCHASTIC_HELP = "accept a model whose outputs differ between two passes of the same input (dropout in eval mode)"
+TEST_FRACTION_HELP = "split an npz holding only x/y: this fraction (stratified, --seed) becomes the test split"
+
+
+def logits_key(text: str | None) -> int | str | None:
+    """``--logits-key``: an integer index (``0``, ``-1``) or a dict key."""
+    if text is None or not text.strip():
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return text.strip()
+
+
+def model_ref(model: str, weights: str | None, random_init: bool, key: str | None, allow_stochastic: bool) -> Any:
+    """The :class:`marginkit.pipeline.ModelRef` of the model options."""
+    from marginkit.pipeline import ModelRef
+
+    return ModelRef(model, weights, random_init=random_init, logits_key=logits_key(key),
+                    allow_stochastic=allow_stochastic)

@@ -10,7 +10,8 @@ import os
 
 import typer
 
-from ._common import console, eps_value, friendly_errors, ints, parse_classes, parse_params
+from ._common import (LOGITS_KEY_HELP, RANDOM_INIT_HELP, STOCHASTIC_HELP, TEST_FRACTION_HELP, console, eps_value,
+                      friendly_errors, ints, model_ref, parse_classes, parse_params)
 from .margins import ESTIMATOR_HELP
 
 
@@ -21,10 +22,14 @@ def register(app: typer.Typer) -> None:
         eps: str = typer.Option(..., help="robustness threshold eps (a number or a fraction such as 8/255)"),
         model: str = typer.Option(None, help="checkpoint, TorchScript file or package.module:factory"),
         weights: str = typer.Option(None, help="state dict for a module:factory model"),
+        random_init: bool = typer.Option(False, "--random-init", help=RANDOM_INIT_HELP),
+        logits_key: str = typer.Option(None, "--logits-key", help=LOGITS_KEY_HELP),
+        allow_stochastic: bool = typer.Option(False, "--allow-stochastic", help=STOCHASTIC_HELP),
         table: str = typer.Option(None, help="existing per-sample results directory (instead of computing one)"),
         dataset: str = typer.Option("mnist5k", help="dataset name or file spec"),
         classes: str = typer.Option(None, help="keep only these classes, e.g. 3,7 (must match the model)"),
         split: str = typer.Option("test", help="split to evaluate: train | test"),
+        test_fraction: float = typer.Option(None, "--test-fraction", help=TEST_FRACTION_HELP),
         limit: int = typer.Option(None, help="only the first N samples of the split"),
         norm: str = typer.Option(None, help="l1 | l2 | linf (default: l2 with --model; the table's norm with --table)"),
         input_margin: str = typer.Option("auto", help=ESTIMATOR_HELP),
@@ -66,14 +71,15 @@ def register(app: typer.Typer) -> None:
                 raise ValueError("--estimate-only needs --model")
             run = pipeline.consistency_from_table(table, radius, norm=norm, options=options)
         else:
-            job = pipeline.MarginJob(pipeline.ModelRef(model, weights),
-                                     pipeline.DataRef(dataset, parse_classes(classes), split, limit, seed),
+            job = pipeline.MarginJob(model_ref(model, weights, random_init, logits_key, allow_stochastic),
+                                     pipeline.DataRef(dataset, parse_classes(classes), split, limit, seed, test_fraction),
                                      norm or "l2", input_margin, attack_options=parse_params(attack_param),
                                      verify_options=parse_params(verify_param))
-            os.makedirs(out, exist_ok=True)
+            pipeline.check_output_folder(out)
             if estimate_only > 0:
                 console.print(f"Algorithm 1: forward pass over the split, input margins ({job.norm}) of {estimate_only} samples")
                 est = pipeline.subset_estimate(job, radius, estimate_only, seed=seed)
+                os.makedirs(out, exist_ok=True)
                 paths = write_estimate_report(est, out)
                 ra, vf = est.estimates["robust_accuracy"], est.estimates["vulnerable_fraction"]
                 typer.echo(f"estimated robust accuracy {100 * ra.estimate:.2f}% (subset {100 * ra.subset_value:.2f}%), "
@@ -82,4 +88,6 @@ def register(app: typer.Typer) -> None:
                 return
             run = pipeline.consistency_from_job(job, out, radius, options=options, overwrite=overwrite)
         paths = write_consistency_report(run, out)
+        for step, why in run.skipped.items():
+            typer.echo(f"skipped {step}: {why}")
         typer.echo(f"{consistency_summary_line(run)}  -> {paths['markdown']}")

@@ -6,18 +6,28 @@ import os
 
 import typer
 
-from ._common import friendly_errors, parse_classes, parse_params
+from ._common import (LOGITS_KEY_HELP, RANDOM_INIT_HELP, STOCHASTIC_HELP, TEST_FRACTION_HELP, friendly_errors, model_ref,
+                      parse_classes, parse_params)
 
 ESTIMATOR_HELP = ("auto (exact for affine models, else attack) | exact | attack (upper bound) | "
                   "certify (attack + certified lower bound) | none")
 
 
+MARGINS_HELP = ("Compute logit, feature and input margins per sample; resumes an interrupted run in --out.\n\n"
+                "The model is checked on the data first (classes, input shape, determinism, tuple outputs). "
+                "Attack-based input margins take time in proportion to the samples: after the first chunk a line "
+                "states the expected time of the rest, from the measured per-sample cost.")
+
+
 def register(app: typer.Typer) -> None:
-    @app.command("margins")
+    @app.command("margins", help=MARGINS_HELP)
     @friendly_errors
     def margins_cmd(
         model: str = typer.Option(..., help="checkpoint path, TorchScript file or package.module:factory"),
         weights: str = typer.Option(None, help="state dict for a module:factory model"),
+        random_init: bool = typer.Option(False, "--random-init", help=RANDOM_INIT_HELP),
+        logits_key: str = typer.Option(None, "--logits-key", help=LOGITS_KEY_HELP),
+        allow_stochastic: bool = typer.Option(False, "--allow-stochastic", help=STOCHASTIC_HELP),
         dataset: str = typer.Option("mnist5k", help="dataset name or file spec"),
         classes: str = typer.Option(None, help="keep only these classes, e.g. 3,7 (must match the model)"),
         split: str = typer.Option("test", help="train | test"),
@@ -25,6 +35,7 @@ def register(app: typer.Typer) -> None:
         input_margin: str = typer.Option("auto", help=ESTIMATOR_HELP),
         limit: int = typer.Option(None, help="only the first N samples of the split"),
         seed: int = typer.Option(0, help="seed of the train/test split"),
+        test_fraction: float = typer.Option(None, "--test-fraction", help=TEST_FRACTION_HELP),
         out: str = typer.Option(..., help="output directory for results.parquet, results.json and the summary"),
         overwrite: bool = typer.Option(False, help="discard a previous run in --out instead of resuming it"),
         budget: int = typer.Option(None, help="input-margin attack: forward + backward passes allowed per sample "
@@ -34,14 +45,18 @@ def register(app: typer.Typer) -> None:
                                                "time_limit=60 (repeatable)"),
     ) -> None:
         """Compute logit, feature and input margins per sample; resumes an interrupted run in --out."""
-        from marginkit.pipeline import DataRef, MarginJob, ModelRef, run_margins
+        from marginkit.pipeline import DataRef, MarginJob, run_margins
         from marginkit.report import write_summary
 
         attack_options = parse_params(attack_param)
         if budget is not None:
             attack_options["budget"] = budget
-        job = MarginJob(ModelRef(model, weights), DataRef(dataset, parse_classes(classes), split, limit, seed), norm,
+        job = MarginJob(model_ref(model, weights, random_init, logits_key, allow_stochastic),
+                        DataRef(dataset, parse_classes(classes), split, limit, seed, test_fraction), norm,
                         input_margin, attack_options=attack_options, verify_options=parse_params(verify_param))
         df, settings = run_margins(job, out, overwrite=overwrite)
         paths = write_summary(df, out, f"Margins of {os.path.basename(model)} on {settings['dataset']}", settings)
+        typer.echo(f"data: {settings['split_description']}")
+        if settings.get("feature_margin_reason"):
+            typer.echo(f"no feature margins: {settings['feature_margin_reason']}")
         typer.echo(f"{len(df)} samples -> {os.path.join(out, 'results.parquet')}; summary {paths['markdown']}")

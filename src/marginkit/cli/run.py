@@ -5,18 +5,28 @@ margin consistency."""
 from __future__ import annotations
 
 import os
+import shutil
 
 import typer
 
-from ._common import console, eps_value, friendly_errors
+from ._common import TEST_FRACTION_HELP, console, eps_value, friendly_errors
 from .margins import ESTIMATOR_HELP
 
 
+RUN_HELP = ("Main job on the embedded data: demo model -> per-sample margins -> summary.md + histogram.\n\n"
+            "The default job takes about 2 minutes (bench/quickstart.md). The trained model is cached in runs/models/ "
+            "(its name carries a hash of the settings) and copied to OUT/model.pt, for "
+            "`marginkit margins --model OUT/model.pt`. Training prints its progress; the margin step states its "
+            "expected time after the first chunk.")
+
+
 def register(app: typer.Typer) -> None:
-    @app.command("run")
+    @app.command("run", help=RUN_HELP)
     @friendly_errors
     def run_cmd(
-        dataset: str = typer.Option("mnist5k", help="built-in dataset"),
+        dataset: str = typer.Option("mnist5k", help="built-in dataset or file spec (an npz with x/y alone is used "
+                                    "whole, train = test, unless --test-fraction splits it)"),
+        test_fraction: float = typer.Option(None, "--test-fraction", help=TEST_FRACTION_HELP),
         arch: str = typer.Option("mlp", help="linear | mlp | cnn"),
         norm: str = typer.Option("l2", help="l1 | l2 | linf"),
         input_margin: str = typer.Option("auto", help=ESTIMATOR_HELP),
@@ -30,20 +40,29 @@ def register(app: typer.Typer) -> None:
         """Main job on the embedded data: demo model -> per-sample margins -> summary.md + histogram."""
         from marginkit.margins.estimators import check_estimator
         from marginkit.norms import as_norm
-        from marginkit.pipeline import DataRef, MarginJob, ModelRef, run_margins
+        from marginkit.pipeline import DataRef, MarginJob, ModelRef, check_output_folder, load_data_ref, run_margins
         from marginkit.report.quickstart import write_quickstart_report
         from marginkit.training import demo_model
 
         # Bad options fail before the demo model is trained.
         radius = None if eps is None else eps_value(eps, "--eps")
-        data, norm, estimator = DataRef(dataset, None, "test", limit, seed), as_norm(norm), check_estimator(input_margin)
-        _, info = demo_model(arch, dataset, seed=seed, progress=True)
-        console.print(f"model {info.path} (test accuracy {info.metadata.get('test_accuracy', float('nan')):.4f})")
+        data, norm, estimator = (DataRef(dataset, None, "test", limit, seed, test_fraction), as_norm(norm),
+                                 check_estimator(input_margin))
+        check_output_folder(out)
+        ds = load_data_ref(data)[0]
+        if ds.meta.get("split") == "whole":
+            console.print(f"note: {dataset} is not split, so the model is evaluated on its training data; "
+                          "give --test-fraction F to hold out a test split", markup=False, highlight=False)
+        _, info = demo_model(arch, dataset, seed=seed, progress=True, test_fraction=test_fraction)
+        console.print(f"model {info.path} (test accuracy {info.metadata.get('test_accuracy', float('nan')):.4f})",
+                      markup=False, highlight=False)
         table_dir = os.path.join(out, "table")
         df, settings = run_margins(MarginJob(ModelRef(info.path), data, norm, estimator), table_dir, overwrite=overwrite)
+        model_copy = os.path.join(out, "model.pt")  # a stable name: the cached file's name carries a hash
+        shutil.copyfile(info.path, model_copy)
         settings["train"] = info.metadata.get("train")
         paths = write_quickstart_report(df, out, f"marginkit quickstart: {arch} on {dataset}", settings, radius, seed)
         with open(paths["markdown"]) as fh:
             console.print(fh.read().split("## Settings")[0], markup=False, highlight=False)
-        typer.echo(f"table {os.path.join(table_dir, 'results.parquet')}; report {paths['markdown']}; "
+        typer.echo(f"model {model_copy}; table {os.path.join(table_dir, 'results.parquet')}; report {paths['markdown']}; "
                    f"histogram {paths['histogram']}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from ._common import friendly_errors, parse_classes, parse_params
+from ._common import TEST_FRACTION_HELP, friendly_errors, parse_classes, parse_params
 
 
 def register(app: typer.Typer) -> None:
@@ -22,6 +22,7 @@ def register(app: typer.Typer) -> None:
         hidden: int = typer.Option(None, help="hidden width (default: preset)"),
         depth: int = typer.Option(None, help="hidden layers of an mlp (default: preset)"),
         seed: int = typer.Option(0, help="seed for the split, initialisation and batch order"),
+        test_fraction: float = typer.Option(None, "--test-fraction", help=TEST_FRACTION_HELP),
         out: str = typer.Option(None, help="checkpoint path (default: runs/models/<dataset>-<arch>-<method>.pt)"),
         checkpoint_dir: str = typer.Option(None, help="save the training state after every epoch here; rerunning "
                                           "the same command resumes from it"),
@@ -39,7 +40,7 @@ def register(app: typer.Typer) -> None:
             typer.echo("presets: " + ", ".join(sorted(PRESETS)))
             raise typer.Exit()
         job = TrainJob(dataset, arch, parse_classes(classes), method, parse_params(method_param), epochs, lr, batch_size,
-                       hidden, depth, seed, preset_name)
+                       hidden, depth, seed, preset_name, test_fraction)
         result, path = train_checkpoint(job, out, checkpoint_dir=checkpoint_dir)
         typer.echo(f"test accuracy {result.test_accuracy:.4f} (train {result.train_accuracy:.4f}) "
                    f"in {result.seconds:.1f} s -> {path}")

@@ -261,7 +261,7 @@ def _markdown(rep: ConsistencyReport, title: str) -> str:
                          f"{100 * np.mean(a.estimates):.2f} | {100 * a.mean_abs_error:.2f} | {100 * a.std_abs_error:.2f} | "
                          f"{100 * a.max_abs_error:.2f} | {100 * a.subset_mean_abs_error:.2f} |")
     ex = rep.extras
-    if "equidistance" in ex:
+    if "equidistance" in ex and "pairs" in ex["equidistance"]:  # else no linear head: {"message": why}
         e = ex["equidistance"]
         lines += ["", "## Head equidistance (appendix B.5)", "",
                   f"||w_i - w_j||_q over {e['pairs']} class pairs (q dual of {rep.norm}): median {e['median']:.4g}, "

@@ -18,7 +18,7 @@ from .consistency import (
     subset_estimate,
 )
 from .estimate import EstimatorUnavailable, input_margin_columns, verify_function
-from .run import job_settings, run_margins
+from .run import Prepared, check_output_folder, job_settings, prepare, run_margins
 from .specs import DataRef, MarginJob, ModelRef, load_data_ref, load_model_ref
 from .table import INPUT_MARGIN_MODES, margin_table
 from .train import TrackedTraining, TrainJob, track_margins, train_checkpoint
@@ -35,9 +35,11 @@ __all__ = [
     "INPUT_MARGIN_MODES",
     "MarginJob",
     "ModelRef",
+    "Prepared",
     "SubsetEstimate",
     "TrackedTraining",
     "TrainJob",
+    "check_output_folder",
     "consistency_from_job",
     "consistency_from_table",
     "eps_grid",
@@ -46,6 +48,7 @@ __all__ = [
     "load_data_ref",
     "load_model_ref",
     "margin_table",
+    "prepare",
     "run_bounds",
     "run_margins",
     "subset_estimate",

@@ -26,7 +26,7 @@ from ..consistency import (
 from ..models.checkpoint import model_fingerprint
 from ..norms import as_norm, parse_eps
 from ..results import library_versions, read_results
-from .run import run_margins
+from .run import prepare, run_margins
 from .specs import MarginJob, load_data_ref, load_model_ref
 
 __all__ = ["ConsistencyOptions", "ConsistencyRun", "SubsetEstimate", "consistency_from_job", "consistency_from_table",
@@ -79,6 +79,7 @@ class ConsistencyRun:
     model: str | None = None  # the model reference, None for a table alone
     isometry: Isometry | None = None
     pseudo_margin: PseudoMargin | None = None
+    skipped: dict[str, str] = field(default_factory=dict)  # step -> why it did not run
 
 
 def _finish(report: ConsistencyReport, source: dict[str, Any], model: str | None, t0: float) -> None:
@@ -111,11 +112,27 @@ def consistency_from_job(job: MarginJob, out: str | os.PathLike, eps: float, *,
                          progress: bool = True) -> ConsistencyRun:
     """Consistency of the model of ``job`` on its data: the per-sample table is computed (resumably) in
     ``out/table``; with ``options.pseudo_train`` the input margins of that many training samples go to
-    ``out/train_table`` and fit a pseudo-margin; ``options.isometry`` attacks samples again."""
+    ``out/train_table`` and fit a pseudo-margin; ``options.isometry`` attacks samples again.
+
+    Logit-margin analyses run for every model. Steps that read the model's representation (feature
+    margins, a pseudo-margin on features, the isometry check, head equidistance) need a linear head
+    split (an ``nn.Sequential`` ending in ``nn.Linear``, or the ``marginkit_split`` hook); without one
+    they are skipped and ``ConsistencyRun.skipped`` (also ``report.extras["skipped"]``) says why."""
     t0 = time.perf_counter()
     out = os.fspath(out)
     table_dir = os.path.join(out, "table")
     df, settings = run_margins(job, table_dir, overwrite=overwrite, progress=progress)
+    reason = settings.get("feature_margin_reason")
+    skipped: dict[str, str] = {}
+    if reason:
+        skipped["feature margin"] = reason
+        if options.pseudo_train > 0 and options.pseudo_source == "features":
+            skipped["pseudo-margin"] = ("it reads the model's features (see feature margin); "
+                                        "pseudo_source='logits' (CLI --pseudo-source logits) fits it on the logits")
+            options = dataclasses.replace(options, pseudo_train=0)
+        if options.isometry > 0:
+            skipped["isometry"] = "it compares feature distances (see feature margin)"
+            options = dataclasses.replace(options, isometry=0)
     model, _ = load_model_ref(job.model)
     x_eval = train = None
     bounds = (0.0, 1.0)
@@ -134,8 +151,14 @@ def consistency_from_job(job: MarginJob, out: str | os.PathLike, eps: float, *,
                                                                seed=options.seed),
                               isometry=options.isometry, bounds=bounds, attack_options=job.attack_kwargs(),
                               seed=options.seed, progress=progress, **options.evaluate_options())
+    if reason:
+        skipped["head equidistance"] = "it reads the linear head (see feature margin)"
+        study.report.extras.pop("equidistance", None)
+    if skipped:
+        study.report.extras["skipped"] = dict(skipped)
     _finish(study.report, {"table": os.path.abspath(table_dir), "table_settings": settings}, job.model.ref, t0)
-    return ConsistencyRun(study.report, float(eps), job.norm, job.model.ref, study.isometry, study.pseudo_margin)
+    return ConsistencyRun(study.report, float(eps), job.norm, job.model.ref, study.isometry, study.pseudo_margin,
+                          skipped)
 
 
 @dataclass
@@ -154,14 +177,15 @@ def subset_estimate(job: MarginJob, eps: float, n: int, *, seed: int = 0, progre
     the attack's input margins of ``n`` random samples (seed paper Algorithm 1; no table is written)."""
     if job.estimator not in ("auto", "attack"):
         raise ValueError(f"Algorithm 1 estimates read attack margins; estimator {job.estimator!r} is not supported here")
-    model, _ = load_model_ref(job.model)
-    ds, x, y = load_data_ref(job.data)
+    p = prepare(job.model, job.data)  # checked on the data before any work
+    model, ds, x, y = p.model, p.dataset, p.inputs, p.labels
     t0 = time.perf_counter()
     res = subset_estimates(model, x, y, job.norm, eps, n=n, seed=seed,
                            margin_kwargs={"bounds": ds.bounds, "runtime": RuntimeOptions(progress=progress), **job.attack_kwargs()})
     total = time.perf_counter() - t0
     settings = {"model": job.model.ref, "model_fingerprint": model_fingerprint(model), "dataset": ds.name,
-                "split": job.data.split, "samples": int(x.shape[0]), "norm": job.norm, "eps": eps, "n": n, "seed": seed,
+                "split": job.data.split, "split_description": ds.split_description, "samples": int(x.shape[0]),
+                "norm": job.norm, "eps": eps, "n": n, "seed": seed,
                 "seconds_total": round(total, 2), "versions": library_versions()}
     return SubsetEstimate(res, settings)
 

@@ -40,11 +40,18 @@ def _frozen_items(options: Options | None, what: str) -> OptionItems:
 
 @dataclass(frozen=True)
 class ModelRef:
-    """A model by reference: a marginkit checkpoint, a TorchScript file or ``package.module:factory``
-    (then ``weights`` is an optional state dict for it)."""
+    """A model by reference: a marginkit checkpoint, a TorchScript / torch.export file or
+    ``package.module:factory`` (then ``weights`` is its state dict, or ``random_init=True`` uses its
+    initial weights on purpose). ``logits_key`` picks the logits of a model returning a tuple, list or
+    dict (index or key); ``allow_stochastic`` lets a model whose outputs differ between two forward
+    passes of the same input through validation (see :func:`marginkit.models.load_model` and
+    :func:`marginkit.models.validate_model`)."""
 
     ref: str
     weights: str | None = None
+    random_init: bool = False
+    logits_key: int | str | None = None
+    allow_stochastic: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.ref, (str, os.PathLike)) or not os.fspath(self.ref):
@@ -52,21 +59,29 @@ class ModelRef:
         object.__setattr__(self, "ref", os.fspath(self.ref))
         if self.weights is not None:
             object.__setattr__(self, "weights", os.fspath(self.weights))
+        if self.weights is not None and self.random_init:
+            raise ValueError("give either weights or random_init=True (--weights or --random-init), not both")
+        if self.logits_key is not None and not isinstance(self.logits_key, (int, str)):
+            raise TypeError(f"logits_key must be an int index or a str key, got {type(self.logits_key).__name__}")
 
 
 @dataclass(frozen=True)
 class DataRef:
     """A set of inputs by reference: dataset ``name`` (built-in or file spec, see
     :func:`marginkit.data.load_dataset`), the ``classes`` kept (relabelled 0..k-1), the ``split``, the
-    first ``limit`` samples of it, and the ``seed`` of the train/test split."""
+    first ``limit`` samples of it, and the ``seed`` of the train/test split. ``test_fraction`` splits an
+    npz that holds only x/y (stratified, ``seed``); without it such a file is used whole, as both splits."""
 
     name: str = "mnist5k"
     classes: tuple[str, ...] | None = None
     split: str = "test"
     limit: int | None = None
     seed: int = 0
+    test_fraction: float | None = None
 
     def __post_init__(self) -> None:
+        if self.test_fraction is not None and not 0.0 < float(self.test_fraction) < 1.0:
+            raise ValueError(f"test_fraction must lie strictly between 0 and 1, got {self.test_fraction!r}")
         if self.classes is not None:
             cls = tuple(str(c) for c in self.classes)
             if len(cls) < 2:
@@ -113,13 +128,13 @@ class MarginJob:
 
 def load_model_ref(ref: ModelRef) -> tuple[nn.Module, Checkpoint]:
     """The model (in eval mode, on the CPU) and what its checkpoint records."""
-    model, info = load_model(ref.ref, ref.weights)
+    model, info = load_model(ref.ref, ref.weights, random_init=ref.random_init, logits_key=ref.logits_key)
     return model.eval(), info
 
 
 def load_data_ref(ref: DataRef) -> tuple[Dataset, torch.Tensor, torch.Tensor]:
     """The dataset and the (inputs, labels) of the referenced split, cut to ``limit``."""
-    ds = load_dataset(ref.name, classes=ref.classes, seed=ref.seed)
+    ds = load_dataset(ref.name, classes=ref.classes, seed=ref.seed, test_fraction=ref.test_fraction)
     x, y = ds.split(ref.split)
     if ref.limit is not None:
         x, y = x[: ref.limit], y[: ref.limit]

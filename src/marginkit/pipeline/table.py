@@ -29,6 +29,14 @@ __all__ = ["INPUT_MARGIN_MODES", "margin_table"]
 INPUT_MARGIN_MODES = ESTIMATORS
 
 
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def margin_table(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -78,33 +86,40 @@ def margin_table(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(todo), desc=f"margins ({norm}, {mode})", unit="sample")
-    for start in range(0, len(todo), chunk_size):
-        pos = todo[start : start + chunk_size]
-        xb, yb = inputs[pos], labels[pos]
-        t0 = time.perf_counter()
-        om = output_margins(model, xb, None, norm)
-        check_labels(yb, len(pos), om.logits.shape[1])  # a dataset with more classes than the model is an error
-        rows = empty_columns(len(pos))
-        rows["index"] = idx_all[pos]
-        rows["label"] = yb.cpu().numpy()
-        rows["prediction"] = om.prediction.cpu().numpy()
-        rows["logit_margin"] = om.logit_margin.double().cpu().numpy()
-        if om.feature_margin is not None:
-            rows["feature_margin"] = om.feature_margin.double().cpu().numpy()
-        rows["norm"][:] = str(norm)
-        cols = input_margin_columns(model, xb, norm, mode, bounds=bounds, affine_map=affine_map,
-                                    attack_options=attack_options, verify_options=verify_options)
-        rows.update(cols)
-        if "seconds" not in cols:  # one batched pass: its time shared by the samples
-            rows["seconds"][:] = (time.perf_counter() - t0) / len(pos)
-        frame = pd.DataFrame(rows)
-        if store is not None:
-            store.append(frame)
-        frames.append(frame)
+    try:
+        for start in range(0, len(todo), chunk_size):
+            pos = todo[start : start + chunk_size]
+            xb, yb = inputs[pos], labels[pos]
+            t0 = time.perf_counter()
+            om = output_margins(model, xb, None, norm)
+            check_labels(yb, len(pos), om.logits.shape[1])  # a dataset with more classes than the model is an error
+            rows = empty_columns(len(pos))
+            rows["index"] = idx_all[pos]
+            rows["label"] = yb.cpu().numpy()
+            rows["prediction"] = om.prediction.cpu().numpy()
+            rows["logit_margin"] = om.logit_margin.double().cpu().numpy()
+            if om.feature_margin is not None:
+                rows["feature_margin"] = om.feature_margin.double().cpu().numpy()
+            rows["norm"][:] = str(norm)
+            cols = input_margin_columns(model, xb, norm, mode, bounds=bounds, affine_map=affine_map,
+                                        attack_options=attack_options, verify_options=verify_options)
+            rows.update(cols)
+            if "seconds" not in cols:  # one batched pass: its time shared by the samples
+                rows["seconds"][:] = (time.perf_counter() - t0) / len(pos)
+            frame = pd.DataFrame(rows)
+            if store is not None:
+                store.append(frame)
+            frames.append(frame)
+            if bar is not None:
+                bar.update(len(pos))
+                left = len(todo) - start - len(pos)
+                if start == 0 and left > 0:  # the expected run time, from the measured cost of the first chunk
+                    per = (time.perf_counter() - t0) / len(pos)
+                    bar.write(f"expected time for the remaining {left} samples: about {_duration(per * left)} "
+                              f"({per:.3g} s per sample measured on the first {len(pos)})")
+    finally:  # an error prints on its own line, not after a half-drawn bar
         if bar is not None:
-            bar.update(len(pos))
-    if bar is not None:
-        bar.close()
+            bar.close()
     if store is not None:
         return store.finalize({"input_margin_mode": mode})
     if not frames:

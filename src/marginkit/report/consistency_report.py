@@ -11,7 +11,7 @@ from ..results.jsonio import write_json
 from ..results.provenance import atomic_write_text
 from .consistency_plots import write_consistency_plots
 
-__all__ = ["consistency_summary_line", "write_consistency_report", "write_estimate_report"]
+__all__ = ["consistency_summary_line", "skipped_markdown", "write_consistency_report", "write_estimate_report"]
 
 
 def write_consistency_report(run: ConsistencyRun, out: str | os.PathLike, *, title: str | None = None) -> dict[str, str]:
@@ -27,8 +27,17 @@ def write_consistency_report(run: ConsistencyRun, out: str | os.PathLike, *, tit
     metrics = write_json(os.path.join(out, "metrics.json"), report.to_dict())
     name = os.path.basename(str(run.model)) if run.model else "table"
     markdown = os.path.join(out, "report.md")
-    atomic_write_text(markdown, report.to_markdown(title or f"Margin consistency of {name} ({run.norm}, eps={run.eps:.6g})"))
+    text = report.to_markdown(title or f"Margin consistency of {name} ({run.norm}, eps={run.eps:.6g})")
+    atomic_write_text(markdown, text.rstrip("\n") + "\n" + skipped_markdown(run.skipped))
     return {"metrics": metrics, "markdown": markdown, **plots}
+
+
+def skipped_markdown(skipped: dict[str, str]) -> str:
+    """The "Skipped steps" section: each step that did not run and why (empty when all ran)."""
+    if not skipped:
+        return ""
+    lines = ["", "## Skipped steps", ""] + [f"- {step}: {why}" for step, why in skipped.items()]
+    return "\n".join(lines) + "\n"
 
 
 def consistency_summary_line(run: ConsistencyRun) -> str:
@@ -52,6 +61,7 @@ def write_estimate_report(est: SubsetEstimate, out: str | os.PathLike) -> dict[s
              f"Input margins of {s['n']} random samples (seed {s['seed']}) out of {s['samples']}; threshold on the "
              f"logit margin tuned over the TPR grid; {ra.seconds_subset_margins or 0.0:.1f} s of attacks, "
              f"{s['seconds_total']:.1f} s in total.", "",
+             *([f"Data: {s['split_description']}", ""] if s.get("split_description") else []),
              "| quantity | subset value | estimate for all samples | TPR level alpha | logit-margin threshold |",
              "|---|---|---|---|---|",
              f"| robust accuracy | {100 * ra.subset_value:.2f} | {100 * ra.estimate:.2f} | {ra.alpha} | {ra.threshold:.4g} |",

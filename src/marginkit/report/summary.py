@@ -61,6 +61,8 @@ def _markdown(summary: Mapping[str, Any], title: str, settings: Mapping[str, Any
         lines.append(f"- norm: {summary['norm']}")
     if summary.get("status_counts"):
         lines.append("- input-margin status: " + ", ".join(f"{k} {v}" for k, v in summary["status_counts"].items()))
+    if settings and settings.get("split_description"):
+        lines.append(f"- data ({settings.get('split', 'test')} split): {settings['split_description']}")
     lines += ["", "## Margins of correctly classified samples", "",
               "| margin | finite | mean | min | p05 | p25 | median | p75 | p95 | max |",
               "|---|---|---|---|---|---|---|---|---|---|"]
@@ -69,6 +71,8 @@ def _markdown(summary: Mapping[str, Any], title: str, settings: Mapping[str, Any
         if s.get("finite"):
             lines.append(f"| {MARGIN_COLUMNS[col]} | {s['finite']}/{s['count']} | " +
                          " | ".join(_fmt(s[k]) for k in ("mean", "min", "p05", "p25", "median", "p75", "p95", "max")) + " |")
+    if settings and settings.get("feature_margin_reason") and "feature_margin" not in summary["margins"]:
+        lines += ["", f"No feature margins: {settings['feature_margin_reason']}"]
     if settings:
         lines += ["", "## Settings", "", "```json", dumps(settings), "```"]
     lines += ["", "![margin histograms](margins_hist.png)", ""]

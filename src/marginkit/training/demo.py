@@ -37,6 +37,7 @@ def demo_model(
     seed: int = 0,
     cache_dir: str | os.PathLike | None = DEFAULT_CACHE,
     progress: bool = False,
+    test_fraction: float | None = None,
     **overrides: Any,
 ) -> tuple[nn.Module, Checkpoint]:
     """Train (or reload from ``cache_dir``) a demo ``arch`` model on a built-in ``dataset``.
@@ -44,6 +45,7 @@ def demo_model(
     ``overrides`` replace preset fields of :class:`ModelSpec` (``hidden``, ``depth``, ``channels``) or
     :class:`TrainConfig` (``epochs``, ``lr``, ...). The cache key hashes every setting, so a change
     trains a new model instead of reusing a stale one. ``cache_dir=None`` trains without caching.
+    ``test_fraction`` splits an npz holding only x/y (see :func:`marginkit.data.load_dataset`).
     """
     if arch not in DEMO_PRESETS:
         raise ValueError(f"unknown demo architecture {arch!r}; choose one of {', '.join(DEMO_PRESETS)}")
@@ -51,7 +53,7 @@ def demo_model(
     spec_kw = {**preset["spec"], **{k: v for k, v in overrides.items() if k in ("hidden", "depth", "channels")}}
     train_kw = {**preset["train"], **{k: v for k, v in overrides.items() if k not in spec_kw}, "seed": seed}
     config = TrainConfig(**train_kw)
-    ds = load_dataset(dataset, classes=classes, seed=seed)
+    ds = load_dataset(dataset, classes=classes, seed=seed, test_fraction=test_fraction)
     spec = ModelSpec(arch, ds.input_shape, ds.num_classes, **spec_kw)
     meth = get_method(method, **(method_params or {}))
     key_src = json.dumps({"spec": spec.to_dict(), "train": asdict(config), "method": method,
