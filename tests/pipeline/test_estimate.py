@@ -36,6 +36,14 @@ def _fake_verify(calls):
     return types.SimpleNamespace(certify=certify, exact_margin=exact_margin)
 
 
+def _install(monkeypatch, fake) -> None:
+    """Stand in for marginkit.verify (the module and the package attribute, which an import finds first)."""
+    import marginkit
+
+    monkeypatch.setitem(sys.modules, "marginkit.verify", fake)
+    monkeypatch.setattr(marginkit, "verify", fake, raising=False)
+
+
 @pytest.fixture
 def tiny():
     torch.manual_seed(0)
@@ -46,7 +54,7 @@ def tiny():
 def test_certify_brackets_the_attack_upper_bound(monkeypatch, tiny):
     model, x, y = tiny
     calls = []
-    monkeypatch.setitem(sys.modules, "marginkit.verify", _fake_verify(calls))
+    _install(monkeypatch, _fake_verify(calls))
     opts = {"budget": 60}
     att = margin_table(model, x, y, "l2", input_margin="attack", attack_options=opts)
     df = margin_table(model, x, y, "l2", input_margin="certify", attack_options=opts, verify_options={"k": 1})
@@ -60,7 +68,7 @@ def test_certify_brackets_the_attack_upper_bound(monkeypatch, tiny):
 def test_exact_on_a_network_calls_the_milp_with_a_time_limit(monkeypatch, tiny):
     model, x, y = tiny
     calls = []
-    monkeypatch.setitem(sys.modules, "marginkit.verify", _fake_verify(calls))
+    _install(monkeypatch, _fake_verify(calls))
     df = margin_table(model, x, y, "linf", input_margin="exact", attack_options={"budget": 60},
                       verify_options={"time_limit": 3.0})
     assert calls[0][0] == "exact" and calls[0][2] == 3.0 and calls[0][3] == {}
@@ -69,7 +77,7 @@ def test_exact_on_a_network_calls_the_milp_with_a_time_limit(monkeypatch, tiny):
 
 
 def test_exact_on_an_affine_model_is_the_closed_form_without_verify(monkeypatch):
-    monkeypatch.setitem(sys.modules, "marginkit.verify", None)
+    _install(monkeypatch, None)
     model = build_model(ModelSpec("linear", (4,), 3), seed=0).eval()
     df = margin_table(model, torch.rand(5, 4), torch.zeros(5, dtype=torch.long), "l2", input_margin="exact")
     assert set(df["method"]) == {"affine-exact"} and set(df["status"]) == {EXACT}
@@ -82,6 +90,6 @@ def test_a_verifier_with_an_unknown_status_is_refused(monkeypatch, tiny):
         n = inputs.shape[0]
         return _Verified(upper / 2, upper, ["proved"] * n, torch.zeros(n), "bad")
 
-    monkeypatch.setitem(sys.modules, "marginkit.verify", types.SimpleNamespace(certify=certify))
+    _install(monkeypatch, types.SimpleNamespace(certify=certify))
     with pytest.raises(ValueError, match="unknown status"):
         margin_table(model, x, y, "l2", input_margin="certify", attack_options={"budget": 60})

@@ -48,9 +48,11 @@ def test_store_backed_table_resumes_in_chunks(tmp_path):
 def test_exact_and_certify_on_networks_need_the_verify_package(monkeypatch):
     import sys
 
+    import marginkit
     from marginkit.pipeline import EstimatorUnavailable
 
     monkeypatch.setitem(sys.modules, "marginkit.verify", None)  # import fails as when the package is absent
+    monkeypatch.delattr(marginkit, "verify", raising=False)
     model = build_model(ModelSpec("mlp", (5,), 3, hidden=4), seed=0)
     for mode in ("exact", "certify"):
         with pytest.raises(EstimatorUnavailable, match="verify package"):
