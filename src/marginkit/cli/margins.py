@@ -43,18 +43,35 @@ def register(app: typer.Typer) -> None:
         attack_param: list[str] = typer.Option(None, "--attack-param", help="input-margin engine option key=value (repeatable)"),
         verify_param: list[str] = typer.Option(None, "--verify-param", help="certify / exact option key=value, e.g. "
                                                "time_limit=60 (repeatable)"),
+        certify: bool = typer.Option(False, "--certify", help="shorthand for --input-margin certify: a certified "
+                                     "lower bound (alpha-CROWN bisection) under the attack's upper bound"),
+        exact: bool = typer.Option(False, "--exact", help="shorthand for --input-margin exact: closed form for affine "
+                                   "models, MILP for small ReLU networks (time limit per sample: --verify-param time_limit=S)"),
+        workers: int = typer.Option(None, "--workers", help="spread the samples over N local Ray workers "
+                                    "(pip install 'marginkit[ray]')"),
+        ray_address: str = typer.Option(None, "--ray-address", help="run the shards on an existing Ray cluster (e.g. auto)"),
     ) -> None:
         """Compute logit, feature and input margins per sample; resumes an interrupted run in --out."""
         from marginkit.pipeline import DataRef, MarginJob, run_margins
         from marginkit.report import write_summary
 
+        if certify and exact:
+            raise ValueError("give --certify or --exact, not both")
+        if (certify or exact) and input_margin not in ("auto", "certify" if certify else "exact"):
+            raise ValueError(f"--{'certify' if certify else 'exact'} conflicts with --input-margin {input_margin}")
+        input_margin = "certify" if certify else ("exact" if exact else input_margin)
         attack_options = parse_params(attack_param)
         if budget is not None:
             attack_options["budget"] = budget
         job = MarginJob(model_ref(model, weights, random_init, logits_key, allow_stochastic),
                         DataRef(dataset, parse_classes(classes), split, limit, seed, test_fraction), norm,
                         input_margin, attack_options=attack_options, verify_options=parse_params(verify_param))
-        df, settings = run_margins(job, out, overwrite=overwrite)
+        executor = None
+        if workers is not None or ray_address is not None:
+            from marginkit.parallel import ExecutorConfig
+
+            executor = ExecutorConfig(workers=workers, ray_address=ray_address)
+        df, settings = run_margins(job, out, overwrite=overwrite, executor=executor)
         paths = write_summary(df, out, f"Margins of {os.path.basename(model)} on {settings['dataset']}", settings)
         typer.echo(f"data: {settings['split_description']}")
         if settings.get("feature_margin_reason"):

@@ -18,6 +18,7 @@ MARGIN_COLUMNS = {
     "logit_margin": "logit margin d_out (top-1 minus top-2 logit)",
     "feature_margin": "feature margin (distance to the head's nearest hyperplane)",
     "input_margin_upper": "input margin d_in (upper bound; exact for affine models)",
+    "input_margin_lower": "input margin d_in (certified lower bound)",
 }
 _QUANTILES = {"min": 0.0, "p05": 0.05, "p25": 0.25, "median": 0.5, "p75": 0.75, "p95": 0.95, "max": 1.0}
 
