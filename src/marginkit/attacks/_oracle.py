@@ -6,7 +6,7 @@ has spent its budget or whose wall-clock deadline passed, and applies one flip c
 a point is adversarial when the best wrong logit beats the reference logit by a small margin of
 safety relative to the logit scale. The safety margin matters because a point lying exactly on the
 float32 decision boundary flips or not depending on how the batch is laid out
-(``/work/shared/notes/minimal-attacks.md``); reporting only points that clear it keeps every
+(the float32 boundary problem of minimal-norm attacks); reporting only points that clear it keeps every
 reported adversarial a point that really flips under a plain forward pass.
 """
 

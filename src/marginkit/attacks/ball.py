@@ -14,7 +14,7 @@ with FMN's step, at a median 1.05 times the best peer's norm
 
 One deliberate change from FMN: before any adversarial is known, FMN sets eps from the norm of delta
 measured after clipping to the box, which on MNIST (80% of pixels at 0) never reaches the boundary
-(l2 FMN fails on box-constrained models, see ``/work/shared/notes/minimal-attacks.md``). Here eps is at
+(l2 FMN fails on box-constrained models, see Pintor et al. 2021 and the minimal-norm attack benchmarks). Here eps is at
 least the linear estimate ||delta|| + (-g) / ||grad g||_dual and never shrinks before a success. Once a
 sample has a best adversarial, eps never exceeds its norm, so the search stays where improvements are.
 """

@@ -45,7 +45,7 @@ def worker_cached(factory: Callable[..., T], *args: Hashable, **kwargs: Hashable
         raise TypeError(f"worker_cached: {exc}") from None
     if key in _CACHE:
         _CACHE.move_to_end(key)
-        return _CACHE[key]  # type: ignore[no-any-return]
+        return _CACHE[key]
     value = factory(*args, **kwargs)
     _CACHE[key] = value
     while len(_CACHE) > _CACHE_SIZE:

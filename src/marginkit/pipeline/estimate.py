@@ -33,7 +33,7 @@ class EstimatorUnavailable(RuntimeError):
 def verify_function(name: str) -> Callable[..., Any]:
     """``marginkit.verify.<name>`` (``certify`` or ``exact_margin``), or :class:`EstimatorUnavailable`."""
     try:
-        from .. import verify  # type: ignore[attr-defined]
+        from .. import verify
     except ImportError as exc:
         raise EstimatorUnavailable(
             f"the verify package (marginkit.verify) is not available, so {name} cannot run; "

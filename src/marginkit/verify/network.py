@@ -101,8 +101,8 @@ class ConvOp(_Op):
     padding: tuple[int, int]
     dilation: tuple[int, int]
     groups: int
-    in_shape: tuple[int, ...]  # type: ignore[misc]
-    out_shape: tuple[int, ...]  # type: ignore[misc]
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
 
     def forward(self, x: Tensor) -> Tensor:
         return F.conv2d(x, _cast(self.weight, x), _cast(self.bias, x), self.stride, self.padding, self.dilation, self.groups)
@@ -128,7 +128,7 @@ class ScaleShiftOp(_Op):
 
     scale: Tensor
     shift: Tensor
-    in_shape: tuple[int, ...]  # type: ignore[misc]
+    in_shape: tuple[int, ...]
 
     @property
     def out_shape(self) -> tuple[int, ...]:  # type: ignore[override]
@@ -152,8 +152,8 @@ class ScaleShiftOp(_Op):
 
 @dataclass(frozen=True, eq=False)
 class ReshapeOp(_Op):
-    in_shape: tuple[int, ...]  # type: ignore[misc]
-    out_shape: tuple[int, ...]  # type: ignore[misc]
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
 
     def forward(self, x: Tensor) -> Tensor:
         return x.reshape(x.shape[0], *self.out_shape)
@@ -168,8 +168,8 @@ class ReshapeOp(_Op):
 @dataclass(frozen=True, eq=False)
 class AvgPoolOp(_Op):
     module: nn.AvgPool2d
-    in_shape: tuple[int, ...]  # type: ignore[misc]
-    out_shape: tuple[int, ...]  # type: ignore[misc]
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
 
     def forward(self, x: Tensor) -> Tensor:
         return self.module(x)
@@ -190,7 +190,7 @@ class PairsOp(_Op):
 
     a: Tensor
     b: Tensor
-    in_shape: tuple[int, ...]  # type: ignore[misc]
+    in_shape: tuple[int, ...]
 
     @property
     def out_shape(self) -> tuple[int, ...]:  # type: ignore[override]
@@ -219,7 +219,7 @@ class PairsOp(_Op):
 class CombineOp(_Op):
     """out_q = t_{3q} + t_{3q+1} - t_{3q+2}: after the ReLU, relu(a-b) + relu(b) - relu(-b) = max(a, b)."""
 
-    out_shape: tuple[int, ...]  # type: ignore[misc]
+    out_shape: tuple[int, ...]
 
     @property
     def in_shape(self) -> tuple[int, ...]:  # type: ignore[override]
