@@ -14,7 +14,7 @@ from .margins import ESTIMATOR_HELP
 
 
 RUN_HELP = ("Main job on the embedded data: demo model -> per-sample margins -> summary.md + histogram.\n\n"
-            "The default job takes about 2 minutes (bench/quickstart.md). The trained model is cached in runs/models/ "
+            "The default job takes about 30 s on 2 idle cores, several times that on a busy machine (bench/quickstart.md). The trained model is cached in runs/models/ "
             "(its name carries a hash of the settings) and copied to OUT/model.pt, for "
             "`marginkit margins --model OUT/model.pt`. Training prints its progress; the margin step states its "
             "expected time after the first chunk.")
