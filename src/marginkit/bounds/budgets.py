@@ -23,12 +23,14 @@ eps_f (so the conflict graph at each eps is a subgraph of the true one and the l
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..norms import Norm, as_norm
-from .collisions import find_collisions, linear_closed_form, row_basis
+from .collisions import CollisionResult, find_collisions, linear_closed_form, row_basis
 from .extractors import FeatureChain
 from .graph import PairBudgets
 
@@ -133,17 +135,53 @@ def injective_tail(chain: FeatureChain) -> FeatureChain | None:
     return FeatureChain(chain.name, chain.input_shape, chain.stages[:-1])
 
 
+@dataclass(frozen=True)
+class _CollisionChunk:
+    """One chunk of the collision search, shipped to an executor (:mod:`marginkit.parallel`)."""
+
+    chain: FeatureChain
+    u: np.ndarray
+    v: np.ndarray
+    norm: Norm
+    options: tuple
+
+    def __call__(self) -> CollisionResult:
+        return find_collisions(self.chain, self.u, self.v, self.norm, **dict(self.options))
+
+
+def _search(chain: FeatureChain, u: np.ndarray, v: np.ndarray, norm: Norm, executor: Any | None,
+            stop_below: np.ndarray | None, **options: Any) -> CollisionResult:
+    """:func:`find_collisions` on all pairs, or chunked over ``executor``'s workers (same results: pairs are
+    searched independently)."""
+    if executor is None or len(u) < 2:
+        return find_collisions(chain, u, v, norm, stop_below=stop_below, **options)
+    from ..parallel import run_many
+
+    parts = max(2, 4 * int(executor.workers or 1))
+    cuts = np.array_split(np.arange(len(u)), min(parts, len(u)))
+    opts = {**options, "progress": False}
+    tasks = [_CollisionChunk(chain, u[c], v[c], norm,
+                             tuple(sorted({**opts, "stop_below": None if stop_below is None else stop_below[c]}.items())))
+             for c in cuts]
+    results = run_many(tasks, config=executor, desc="collision chunks")
+    return CollisionResult(np.concatenate([r.budget for r in results]), None, None,
+                           np.concatenate([r.iterations for r in results]), [s for r in results for s in r.status],
+                           float(sum(r.seconds for r in results)), int(sum(r.programs for r in results)),
+                           results[0].settings)
+
+
 def pair_budgets(chain: FeatureChain, inputs, labels, norm: Norm | str = "l2", *, eps_grid=None,
                  bounds: tuple[float, float] | None = None, prior: PairBudgets | None = None,
                  neighbours: int | None = None, max_pairs: int | None = None, method: str = "auto",
                  solver: str = "CLARABEL", solver_opts: dict | None = None, max_iter: int = 50,
-                 progress: bool = False, settle: bool = True) -> PairBudgets:
+                 progress: bool = False, settle: bool = True, executor: Any | None = None) -> PairBudgets:
     """Verified collision budgets for every different-class pair of ``inputs`` after feature extractor ``chain``.
 
     ``eps_grid`` (optional) enables pruning; ``prior`` is the result of an earlier layer of the same network
     on the same points (its budgets are upper bounds here). ``info`` records pruning counts and timings.
     ``settle=False`` searches every pair whose upper bound is above the smallest eps and whose Lipschitz
     lower bound is below the largest (no grid-interval settling, no early stop).
+    ``executor`` (:class:`marginkit.parallel.ExecutorConfig`) spreads the descent's pairs over workers.
     """
     t0 = time.perf_counter()
     norm = as_norm(norm)
@@ -212,9 +250,10 @@ def pair_budgets(chain: FeatureChain, inputs, labels, norm: Norm | str = "l2", *
             # a searched pair can stop once it reaches the grid point at or above its certified lower bound
             stop_below = np.maximum(grid[np.clip(np.searchsorted(grid, lb, side="left"), 0, len(grid) - 1)], eps_lo)
     sel = _select(i, j, ub, candidates, neighbours, max_pairs)
-    res = find_collisions(chain, x[i[sel]], x[j[sel]], norm, bounds=bounds, method=method, solver=solver,
-                          solver_opts=solver_opts, max_iter=max_iter, progress=progress,
-                          stop_below=None if stop_below is None or method == "enumerate" else stop_below[sel])
+    res = _search(chain, x[i[sel]], x[j[sel]], norm, executor,
+                  None if stop_below is None or method == "enumerate" else stop_below[sel],
+                  bounds=bounds, method=method, solver=solver, solver_opts=solver_opts, max_iter=max_iter,
+                  progress=progress)
     budget = ub.copy()
     budget[sel] = np.minimum(ub[sel], res.budget)
     seconds = time.perf_counter() - t0

@@ -15,7 +15,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -70,14 +70,16 @@ def layerwise_bounds(model: nn.Module, inputs: torch.Tensor, labels: torch.Tenso
                      layers: Sequence[str] | None = None, bounds: tuple[float, float] | None = None,
                      neighbours: int | None = 5, max_pairs: int | None = None, cross_entropy: bool = True,
                      solver: str = "CLARABEL", model_name: str = "model", progress: bool = False,
-                     checkpoint_dir: str | None = None, settle: bool = True) -> LayerwiseResult:
+                     checkpoint_dir: str | None = None, settle: bool = True,
+                     executor: Any | None = None) -> LayerwiseResult:
     """Lower bounds on the robust 0-1 and cross-entropy losses of any classifier built on each layer.
 
     ``inputs`` (N, ...) are the vertices (training points) with ``labels``; ``layers`` defaults to
     :func:`analysis_layers` (input, then every layer up to the penultimate). ``bounds=None`` follows the
     paper (perturbed points may leave the box); ``neighbours``/``max_pairs`` limit the ReLU descent (see
     :func:`pair_budgets`; ``settle=False`` searches pairs that a certified lower bound shows cannot change
-    any graph on the grid too). With ``checkpoint_dir`` every layer's verified pair budgets are saved as
+    any graph on the grid too; ``executor``, a :class:`marginkit.parallel.ExecutorConfig`, spreads the
+    descent's pairs over workers). With ``checkpoint_dir`` every layer's verified pair budgets are saved as
     soon as they are found, keyed on the model's weights, the points and every setting, so an interrupted
     run resumes at the first unfinished layer.
     """
@@ -122,7 +124,8 @@ def layerwise_bounds(model: nn.Module, inputs: torch.Tensor, labels: torch.Tenso
             pb = PairBudgets(prior.i, prior.j, prior.budget.copy(), prior.labels, info)
         if pb is None:
             pb = pair_budgets(chain, x, y, norm, eps_grid=eps_grid, bounds=bounds, prior=prior, neighbours=neighbours,
-                              max_pairs=max_pairs, solver=solver, progress=progress, settle=settle)
+                              max_pairs=max_pairs, solver=solver, progress=progress, settle=settle,
+                              executor=executor)
             if ckpt:
                 _save_budgets(ckpt, pb)
         t1 = time.perf_counter()

@@ -36,6 +36,9 @@ def register(app: typer.Typer) -> None:
         no_ce: bool = typer.Option(False, help="skip the cross-entropy bound (0-1 only)"),
         seed: int = typer.Option(0, help="seed of the point subset and the demo training"),
         resume: bool = typer.Option(True, help="reuse layers finished by an interrupted run (saved in OUT/checkpoints)"),
+        workers: int = typer.Option(None, "--workers", help="spread the pair searches over N local Ray workers "
+                                    "(pip install 'marginkit[ray]')"),
+        ray_address: str = typer.Option(None, "--ray-address", help="run the pair searches on an existing Ray cluster"),
     ) -> None:
         """Lower bounds on the robust 0-1 / cross-entropy loss of ANY classifier trained on each layer."""
         from marginkit.pipeline import BoundsJob, run_bounds
@@ -54,7 +57,12 @@ def register(app: typer.Typer) -> None:
         job = BoundsJob(tuple(pairs), tuple(demo or ()), demo_params, hidden, depth, dataset, parse_classes(classes),
                         per_class, norm, tuple(grid), tuple(s.strip() for s in layers.split(",")) if layers else None,
                         box, neighbours or None, max_pairs, solver, not no_ce, seed)
-        run = run_bounds(job, checkpoint_dir=os.path.join(out, "checkpoints") if resume else None)
+        executor = None
+        if workers is not None or ray_address is not None:
+            from marginkit.parallel import ExecutorConfig
+
+            executor = ExecutorConfig(workers=workers, ray_address=ray_address)
+        run = run_bounds(job, checkpoint_dir=os.path.join(out, "checkpoints") if resume else None, executor=executor)
         write_bounds_report(run, out)
         value = "cross_entropy" if run.cross_entropy else "zero_one"
         console.print(run.table.pivot_table(index=["model", "eps"], columns="layer", values=value, sort=False)

@@ -94,9 +94,11 @@ def _models(job: BoundsJob) -> tuple[dict[str, nn.Module], dict[str, Any]]:
     return models, refs
 
 
-def run_bounds(job: BoundsJob, *, checkpoint_dir: str | os.PathLike | None = None, progress: bool = True) -> BoundsRun:
+def run_bounds(job: BoundsJob, *, checkpoint_dir: str | os.PathLike | None = None, progress: bool = True,
+               executor: Any | None = None) -> BoundsRun:
     """Lower bounds on the robust 0-1 / cross-entropy loss of any classifier trained on each layer of
-    every model of ``job``. With ``checkpoint_dir`` finished layers are saved there and reused by a rerun."""
+    every model of ``job``. With ``checkpoint_dir`` finished layers are saved there and reused by a rerun;
+    ``executor`` (:class:`marginkit.parallel.ExecutorConfig`) spreads the pair searches over workers."""
     from ..bounds import balanced_subset, compare_layerwise  # cone solvers load slowly: only when bounds run
 
     t0 = time.perf_counter()
@@ -112,7 +114,7 @@ def run_bounds(job: BoundsJob, *, checkpoint_dir: str | os.PathLike | None = Non
                             layers=list(job.layers) if job.layers else None,
                             bounds=ds.bounds if job.box else None, neighbours=job.neighbours or None,
                             max_pairs=job.max_pairs, cross_entropy=job.cross_entropy, solver=job.solver,
-                            progress=progress,
+                            progress=progress, executor=executor,
                             checkpoint_dir=None if checkpoint_dir is None else os.fspath(checkpoint_dir))
     stats = pd.DataFrame(res.layers)
     settings = {**res.settings, "dataset": ds.name, "dataset_fingerprint": ds.fingerprint(),
