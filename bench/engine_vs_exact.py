@@ -163,7 +163,7 @@ def main() -> None:
     cmd = "OMP_NUM_THREADS=1 python bench/engine_vs_exact.py " + " ".join(sys.argv[1:])
     lines = ["# Input-margin engine vs exact margins", "",
              f"Produced by `{cmd.strip()}` (marginkit {marginkit.__version__}, torch {torch.__version__}, one torch thread, "
-             "a 2-core machine shared with other jobs).", "",
+             "a 2-core machine; seconds are wall time and vary with the load on it).", "",
              "ratio = marginkit's upper bound / the exact margin, per sample with a solved exact margin; "
              "below = samples whose upper bound is under the exact margin (must be 0). "
              "Target of the default preset: median <= 1.002 and p95 <= 1.02 in every norm.", "",
