@@ -41,3 +41,14 @@ def test_two_local_ray_workers_equal_single_process(tmp_path):
     single, _ = run_margins(job, tmp_path / "single", progress=False)
     sharded, _ = run_margins(job, tmp_path / "ray", progress=False, executor=ExecutorConfig(workers=2))
     _same(single, sharded)
+
+
+def test_sharded_run_records_the_resolved_estimator(tmp_path):
+    import json
+    from dataclasses import replace
+
+    job = replace(_job(tmp_path), estimator="auto")
+    run_margins(job, tmp_path / "single", progress=False)
+    run_margins(job, tmp_path / "sharded", progress=False, executor=ExecutorConfig(executor="local"))
+    modes = [json.loads((tmp_path / d / "results.json").read_text())["input_margin_mode"] for d in ("single", "sharded")]
+    assert modes == ["attack", "attack"]

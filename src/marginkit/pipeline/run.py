@@ -119,7 +119,11 @@ def run_margins(job: MarginJob, out: str | os.PathLike, *, overwrite: bool = Fal
 
             from .sharded import run_sharded
 
-            df = run_sharded(job, int(p.inputs.shape[0]), store, replace(executor, progress=progress and executor.progress))
+            from ..margins import resolve_estimator
+
+            mode = resolve_estimator(job.estimator, p.model, tuple(p.inputs.shape[1:]))
+            df = run_sharded(job, int(p.inputs.shape[0]), store, replace(executor, progress=progress and executor.progress),
+                             mode=mode)
         else:
             df = margin_table(p.model, p.inputs, p.labels, job.norm, input_margin=job.estimator,
                               bounds=p.dataset.bounds, store=store, progress=progress,

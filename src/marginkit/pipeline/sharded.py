@@ -52,9 +52,12 @@ class MarginShardTask:
 
 
 def run_sharded(job: MarginJob, samples: int, store: ResultsStore, config: ExecutorConfig, *,
-                shard_size: int | None = None) -> pd.DataFrame:
+                shard_size: int | None = None, mode: str | None = None) -> pd.DataFrame:
     """Compute the table of ``job`` (``samples`` rows of its split) shard by shard with ``config`` into
-    ``store`` and return the finalized table (resumable: finished samples are skipped)."""
+    ``store`` and return the finalized table (resumable: finished samples are skipped).
+
+    ``mode`` is the concrete estimator the workers resolve ``job.estimator`` to (``auto`` becomes
+    ``exact`` or ``attack``); the finalized metadata records it, as the in-process table does."""
     shards = make_shards(samples, shard_size=shard_size, workers=max(1, config.workers or 1))
     run_shards(MarginShardTask(job), shards, store=store, config=config, desc=f"margins ({job.norm}, {job.estimator})")
-    return store.finalize({"input_margin_mode": job.estimator})
+    return store.finalize({"input_margin_mode": mode or job.estimator})
