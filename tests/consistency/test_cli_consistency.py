@@ -73,3 +73,19 @@ def test_consistency_cli_bad_input(tmp_path):
     assert res.exit_code == 2 and "no results table" in res.output
     res = _run(["consistency", "--table", str(tmp_path), "--eps", "1/0", "--out", str(tmp_path / "o")])
     assert res.exit_code == 2 and "8/255" in res.output and "Traceback" not in res.output
+
+
+def test_consistency_cli_with_certified_lower_bounds_reports_the_bracket(tmp_path):
+    ckpt = str(tmp_path / "mlp.pt")
+    res = _run(["train", "--dataset", "digits", "--arch", "mlp", "--hidden", "16", "--depth", "1", "--epochs", "2",
+                "--out", ckpt])
+    assert res.exit_code == 0, res.output
+    out = str(tmp_path / "cons")
+    res = _run(["consistency", "--model", ckpt, "--dataset", "digits", "--norm", "linf", "--eps", "0.05", "--limit", "30",
+                "--input-margin", "certify", "--verify-param", "method=crown", "--subset-sizes", "10", "--repeats", "2",
+                "--bootstrap", "0", "--out", out])
+    assert res.exit_code == 0, res.output
+    m = json.load(open(os.path.join(out, "metrics.json")))
+    b = m["extras"]["bracket"]
+    assert b["n"] == 30 and all(c <= a for c, a in zip(b["robustness"]["certified"], b["robustness"]["attack"]))
+    assert "## Certified bracket" in open(os.path.join(out, "report.md")).read()

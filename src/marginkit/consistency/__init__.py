@@ -24,6 +24,7 @@ from .algorithm1 import (
     threshold_at_tpr,
     tune_threshold,
 )
+from .bracket import BracketSummary, bracket_markdown, bracket_summary
 from .diagnostics import Isometry, head_equidistance, local_isometry
 from .evaluate import ConsistencyReport, ScoreReport, compare_scores, evaluate_consistency
 from .metrics import (
@@ -48,6 +49,9 @@ from .scoring import Assessment, VulnerabilityScorer
 from .study import ModelConsistency, model_consistency
 
 __all__ = [
+    "BracketSummary",
+    "bracket_markdown",
+    "bracket_summary",
     "DEFAULT_ALPHAS",
     "PAPER_LINF_EPS",
     "Algorithm1Evaluation",

@@ -18,6 +18,7 @@ import pandas as pd
 from ..margins.robust import robust_accuracy
 from ..results.jsonio import to_jsonable
 from .algorithm1 import DEFAULT_ALPHAS, Algorithm1Evaluation, algorithm1_repeats
+from .bracket import bracket_markdown, bracket_summary
 from .metrics import (
     BinnedConsistency,
     Consistency,
@@ -195,10 +196,15 @@ def evaluate_consistency(
                                    binned, algo, "; ".join(msg))
     settings = {"eps": eps, "eps_grid": grid, "subset_sizes": list(subset_sizes), "repeats": repeats,
                 "alphas": list(alphas), "n_resamples": n_resamples, "n_bins": n_bins, "seed": seed}
+    extras: dict[str, Any] = {}
+    if "logit_margin" in df:
+        bracket = bracket_summary(df[keep], sorted({float(eps), *grid}))
+        if bracket is not None:
+            extras["bracket"] = bracket.to_dict()
     return ConsistencyReport(norm=str(norm), eps=float(eps), eps_grid=[float(e) for e in grid], n=int(len(d)),
                              n_dropped=n_dropped, n_infinite_margin=int(np.isinf(d).sum()),
                              accuracy=float(correct.mean()), robust_accuracy=robust_accuracy(d, eps, correct),
-                             scores=reports, settings=settings)
+                             scores=reports, settings=settings, extras=extras)
 
 
 def _fmt(v: Any, digits: int = 2) -> str:
@@ -281,6 +287,8 @@ def _markdown(rep: ConsistencyReport, title: str) -> str:
             pct = (lambda v: None if v is None else 100 * v)
             lines.append(f"| {name} | {_fmt(m['kendall_tau'], 3)} | {_fmt(pct(m['auroc']))} | {_fmt(pct(m['aupr']))} | "
                          f"{_fmt(pct(m['aupr_trapezoid']))} | {_fmt(pct(m['fpr_at_95_tpr']))} |")
+    if "bracket" in ex:
+        lines += ["", "## Certified bracket (lower <= input margin <= upper)", "", *bracket_markdown(ex["bracket"])]
     if "plots" in ex:
         lines += ["", "## Plots", ""] + [f"![{k}]({v})" for k, v in ex["plots"].items()]
     lines += ["", "## Settings", "", "```", *(f"{k}: {v}" for k, v in rep.settings.items()), "```", ""]

@@ -70,30 +70,14 @@ def write_quickstart_report(df: pd.DataFrame, out_dir: str, title: str, settings
 def _bracket_lines(bracket: Any, grid: list[float], out_dir: str) -> list[str]:
     """The certified-bracket section: robust accuracy from lower and from upper bounds, the share of
     samples whose label at eps is decided, and Kendall tau of the logit margin against both ends."""
-    from scipy.stats import kendalltau
-
-    from ..margins.robust import bracket_robustness
+    from ..consistency.bracket import bracket_markdown, bracket_summary
 
     lines = ["", f"## Certified bracket ({bracket.method}, first samples of the table)", ""]
     if bracket.skipped:
         return lines + [f"Skipped: {bracket.skipped}.", ""]
     t = bracket.table
-    path = os.path.join(out_dir, "bracket.csv")
-    atomic_write_text(path, t.to_csv(index=False))
-    correct = (t["label"] == t["prediction"]).to_numpy()
-    lo, up = t["input_margin_lower"].to_numpy(dtype=float), t["input_margin_upper"].to_numpy(dtype=float)
-    br = bracket_robustness(lo, up, grid, correct)
-    both = np.isfinite(lo) & np.isfinite(up) & (up > 0)
-    ratio = np.median(lo[both] / up[both]) if both.any() else float("nan")
-    def tau(v: np.ndarray) -> str:
-        keep = np.isfinite(v)
-        return "n/a" if keep.sum() < 3 else f"{kendalltau(t['logit_margin'].to_numpy()[keep], v[keep]).statistic:.2f}"
-    lines += [f"{len(t)} samples; median certified lower / attack upper bound {ratio:.3f}; "
-              f"{int(np.isfinite(lo).sum())} with a certified lower bound; table: [bracket.csv](bracket.csv).", "",
-              "| eps | " + " | ".join(f"{e:g}" for e in br.eps) + " |", "|---|" + "---|" * len(br.eps),
-              "| certified robust accuracy (lower bounds) | " + " | ".join(f"{100 * v:.1f}%" for v in br.certified) + " |",
-              "| attack robust accuracy (upper bounds) | " + " | ".join(f"{100 * v:.1f}%" for v in br.attack) + " |",
-              "| samples whose label at eps is decided | " + " | ".join(f"{100 * v:.1f}%" for v in br.decided) + " |",
-              "", f"Kendall tau of the logit margin against the lower bound {tau(lo)} and against the upper bound "
-              f"{tau(up)} (these samples).", ""]
-    return lines
+    atomic_write_text(os.path.join(out_dir, "bracket.csv"), t.to_csv(index=False))
+    summary = bracket_summary(t, grid)
+    if summary is None:
+        return lines + ["No sample got a certified lower bound.", ""]
+    return lines + ["Per-sample bracket: [bracket.csv](bracket.csv).", "", *bracket_markdown(summary)]
