@@ -33,11 +33,14 @@ A linear relaxation (CROWN / alpha-CROWN, :mod:`.propagation`) loses precision a
   rounds) or ``max_domains`` open domains; then the sample is not verified, and every row keeps the
   minimum of its leaves' bounds: sound, and never below alpha-CROWN's bound.
 
-The certified radius (:func:`bab_radius`) bisects eps between the alpha-CROWN radius
+The certified radius (:func:`bab_radius`) searches eps between the alpha-CROWN radius
 (:func:`marginkit.verify.radius.certified_radius`, certified, a lower end) and the verified upper bound,
-each step one BaB call at that eps within the sample's remaining time: a step that verifies raises the
-lower end, one that does not (falsified, stuck, or out of time) lowers the upper end of the search, so the
-result is always a radius that BaB verified.
+each step one BaB call at that eps within a share of the sample's remaining time (the remaining time
+over the bisection steps the bracket still needs): a step that verifies raises the lower end, one that
+does not (falsified, stuck, or out of time) lowers the upper end of the search, so the result is always a
+radius that BaB verified. Steps go up from the lower end by 5%, 10%, 20%, ... of it (never past the
+geometric midpoint) until one fails, then bisect geometrically: BaB's cost grows steeply with eps, and
+plain bisection would spend its first, hardest steps far above the alpha-CROWN radius.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ from .radius import RadiusResult, box_cap, certified_radius
 
 __all__ = ["BabOptions", "BabResult", "bab_bounds", "bab_radius"]
 
+_FIRST_STEP = 0.05  # the radius search's first step above the alpha-CROWN radius, relative
 VERIFIED, OPEN, FALSIFIED, STUCK, TIMED_OUT = "verified", "open", "falsified", "stuck", "timed-out"
 
 
@@ -75,12 +79,13 @@ class BabOptions:
 
     time_limit: float = 20.0
     max_domains: int = 20000
-    batch: int = 64
+    batch: int = 256
     alpha_steps: int = 20
-    iterations: int = 10
+    iterations: int = 4
     lr_alpha: float = 0.1
     lr_beta: float = 0.05
-    refine: bool = True
+    refine: bool = False
+    candidates: int = 1
     leaf_iterations: int = 200
 
     def __post_init__(self) -> None:
@@ -240,6 +245,40 @@ def _candidate(inp: _Input, a: Tensor) -> Tensor:
     return (x + step).clamp(xl, xu)  # clipping towards x keeps the point in the ball
 
 
+def _filtered_choice(net: ReluNetwork, dom: _Domains, biases: Sequence[Tensor], inp: _Input, relax: Sequence[_Relax],
+                     flat: Tensor, k: int, signs: Sequence[Tensor]) -> Tensor:
+    """Filtered smart branching (De Palma et al. 2021, "Improved branch and bound for neural network verification
+    via Lagrangian decomposition", section 5): of the ``k`` best-scoring neurons, the one whose two children have
+    the highest sum of bounds, each child bounded by one backward pass with the domain's slopes and multipliers."""
+    m = len(dom)
+    score, cand = flat.topk(k, dim=1)  # (m, k), flat neuron indices
+    reps = 2 * k
+    idx = torch.arange(m, device=flat.device).repeat_interleave(reps)
+    flat_c = cand.repeat_interleave(2, dim=1).reshape(-1)  # (m * 2k,): (cand 0 active, cand 0 inactive, ...)
+    active = torch.arange(reps, device=flat.device).remainder(2).eq(0).repeat(m)
+    lowers, uppers = [], []
+    offset = 0
+    rows = torch.arange(m * reps, device=flat.device)
+    for i, (lo, up) in enumerate(zip(dom.lower, dom.upper)):
+        w = lo.shape[1]
+        lo_r, up_r = lo[idx].clone(), up[idx].clone()
+        hit = (flat_c >= offset) & (flat_c < offset + w)
+        r, col = rows[hit], flat_c[hit] - offset
+        act = active[hit]
+        lo_r[r[act], col[act]] = lo_r[r[act], col[act]].clamp_min(0.0)
+        up_r[r[~act], col[~act]] = up_r[r[~act], col[~act]].clamp_max(0.0)
+        lowers.append(lo_r)
+        uppers.append(up_r)
+        offset += w
+    rx = [_Relax.of(lo, up) for lo, up in zip(lowers, uppers)]
+    sub = _Input(inp.x[idx], inp.eps[idx], inp.norm, inp.lo, inp.hi)
+    lb, _ = _backward(net, len(net.layers) - 1, dom.c[idx][:, None], rx, biases, sub, True,
+                      [al[idx][:, None] for al in dom.alpha], [(b * s)[idx] for b, s in zip(dom.beta, signs)])
+    both = lb[:, 0].reshape(m, k, 2).sum(-1)
+    both = torch.where(score > 0, both, torch.full_like(both, -math.inf))
+    return cand.gather(1, both.argmax(1, keepdim=True)).squeeze(1)
+
+
 def _bound(net: ReluNetwork, dom: _Domains, biases: Sequence[Tensor], inp_all: _Input, opts: BabOptions, steps: int,
            max_elements: int) -> tuple[Tensor, Tensor]:
     """Bound the domains in place (bound, alpha, beta, refined bounds, choice); returns (empty (M,), flips (M,))."""
@@ -302,6 +341,8 @@ def _bound(net: ReluNetwork, dom: _Domains, biases: Sequence[Tensor], inp_all: _
             scores.append(torch.where(free, s + 1e-30, torch.full_like(s, -1.0)))
         flat = torch.cat(scores, dim=1)
         top, arg = flat.max(1) if flat.shape[1] else (torch.full((len(dom),), -1.0), torch.zeros(len(dom), dtype=torch.long))
+        if opts.candidates > 1 and flat.shape[1] > 1:
+            arg = _filtered_choice(net, dom, biases, inp, relax, flat, min(opts.candidates, flat.shape[1]), signs)
         dom.choice = torch.where(top > 0, arg, torch.full_like(arg, -1)).cpu()
         # a point of the domain's set that flips falsifies the sample (it lies in S, whatever the domain)
         pts = _candidate(inp, a_in[:, 0])
@@ -454,19 +495,24 @@ def bab_radius(net: ReluNetwork, x: Tensor, ref: Tensor, norm: Norm | str, *, up
         if not (math.isfinite(hi) and lo < hi and hi > 0) or math.isinf(lo):
             continue
         deadline = time.perf_counter() + options.time_limit
+        growth = max(2 * rtol, _FIRST_STEP)
         while hi - lo > rtol * hi:
             left = deadline - time.perf_counter()
             if left <= 0:
                 break
             # steps still needed at this bracket: log2 of (log width / log of the tolerance)
             need = max(1.0, math.ceil(math.log2(max(2.0, math.log(hi / lo) / shrink)))) if lo > 0 else 8.0
-            mid = math.sqrt(lo * hi) if lo > 0 else hi / 2
+            # BaB's cost grows steeply with eps: step up from the certified end in growing steps until one
+            # fails, then bisect (a plain bisection would spend its first, hardest steps far above lo)
+            mid = min(math.sqrt(lo * hi), lo * (1 + growth)) if lo > 0 else hi / 2
             res = bab_bounds(net, x[i:i + 1], ref[i:i + 1], mid, p, bounds=bounds, dtype=dtype, max_elements=max_elements,
                              options=BabOptions(**{**options.__dict__, "time_limit": left / need}))
             evals[i] += int(res.domains.sum()) + 1
             if bool(res.verified[0]):
                 lo = mid
+                growth *= 2
             else:
                 hi = mid
+                growth = math.inf
         lower[i] = max(float(lower[i]), lo)
     return RadiusResult(lower, evals, time.perf_counter() - t0)
