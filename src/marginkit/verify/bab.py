@@ -280,8 +280,9 @@ def _filtered_choice(net: ReluNetwork, dom: _Domains, biases: Sequence[Tensor], 
 
 
 def _bound(net: ReluNetwork, dom: _Domains, biases: Sequence[Tensor], inp_all: _Input, opts: BabOptions, steps: int,
-           max_elements: int) -> tuple[Tensor, Tensor]:
-    """Bound the domains in place (bound, alpha, beta, refined bounds, choice); returns (empty (M,), flips (M,))."""
+           max_elements: int, deadline: float = math.inf) -> tuple[Tensor, Tensor]:
+    """Bound the domains in place (bound, alpha, beta, refined bounds, choice); returns (empty (M,), flips (M,)).
+    The optimisation stops early at ``deadline`` (every iterate is a sound bound)."""
     inp = _Input(inp_all.x[dom.sample], inp_all.eps[dom.sample], inp_all.norm, inp_all.lo, inp_all.hi)
     n_relu = len(dom.lower)
     last = len(net.layers) - 1
@@ -314,7 +315,7 @@ def _bound(net: ReluNetwork, dom: _Domains, biases: Sequence[Tensor], inp_all: _
             for i in range(n_relu):
                 best_alpha[i] = torch.where(better[:, None], alphas[i].detach()[:, 0], best_alpha[i])
                 best_beta[i] = torch.where(better[:, None], betas[i].detach(), best_beta[i])
-        if step == steps:
+        if step == steps or time.perf_counter() > deadline:
             break
         opt.zero_grad(set_to_none=True)
         (-lb.sum()).backward()
@@ -361,8 +362,8 @@ def bab_bounds(net: ReluNetwork, x: Tensor, ref: Tensor, eps: Tensor | float, no
                dtype: torch.dtype = torch.float64, max_elements: int = _MAX_ELEMENTS) -> BabResult:
     """Branch and bound lower bounds of f^ref - f^j over B_p(x, eps) ∩ box (module docstring), shape (N, C-1).
 
-    The root is alpha-CROWN (:func:`marginkit.verify.propagation.compute_bounds`, ``options.alpha_steps``);
-    rows with a non-positive root bound are branched, all samples' domains in one pool, within
+    The root is alpha-CROWN (CROWN's intermediate bounds from :func:`marginkit.verify.propagation.compute_bounds`,
+    the slopes of every row optimised for ``options.alpha_steps``); rows with a non-positive root bound are branched, all samples' domains in one pool, within
     ``options.time_limit`` seconds for the whole call. ``lower`` >= ``root`` elementwise, and sound.
     """
     start = time.perf_counter()
@@ -373,54 +374,53 @@ def bab_bounds(net: ReluNetwork, x: Tensor, ref: Tensor, eps: Tensor | float, no
     if ref.shape[0] != n:
         raise ValueError(f"ref has {ref.shape[0]} entries for {n} inputs")
     c_all = specification_matrix(ref, net.num_classes, dtype=dtype).to(device)
-    n_rows = c_all.shape[1]
-    root = compute_bounds(net, inp, c_all, "alpha-crown", alpha_steps=options.alpha_steps, max_elements=max_elements)
+    deadline = start + options.time_limit
+    # the root: CROWN's intermediate bounds, then every row as a domain without splits, its slopes optimised
+    # for ``alpha_steps`` (alpha-CROWN on the specification rows, as in :mod:`.propagation`)
+    root = compute_bounds(net, inp, c_all, "crown", max_elements=max_elements)
     assert root.spec is not None
-    root_lb = root.spec.detach().clone()
-    leaf_min = torch.where(root_lb > 0, root_lb, torch.full_like(root_lb, math.inf)).cpu()
-    status = [OPEN if bool((root_lb[i] <= 0).any()) else VERIFIED for i in range(n)]
-    domains = torch.zeros(n, dtype=torch.long)
-    s_idx, r_idx = (root_lb <= 0).nonzero(as_tuple=True)
-    pool: _Domains | None = None
-    if s_idx.numel():
-        m = s_idx.numel()
-        relax = [_Relax.of(lo, up) for lo, up in root.preact]
-        pool = _Domains(s_idx.cpu(), r_idx.cpu(), c_all[s_idx, r_idx], [lo[s_idx].clone() for lo, _ in root.preact],
-                        [up[s_idx].clone() for _, up in root.preact],
-                        [torch.zeros((m, lo.shape[1]), dtype=torch.int8, device=device) for lo, _ in root.preact],
-                        [r.alpha0[s_idx].clone() for r in relax], [torch.zeros_like(lo[s_idx]) for lo, _ in root.preact],
-                        root_lb[s_idx, r_idx].clone())
-        biases = _biases(net, dtype, device)
-        # the root pass gives the branching choices (and a first flip check); refinement changes nothing here
-        _, flips = _bound(net, pool, biases, inp, BabOptions(**{**options.__dict__, "refine": False}), options.alpha_steps, max_elements)
-        domains[s_idx.cpu()] += 1
-        pool = _drop_decided(_settle(pool, torch.zeros(m, dtype=torch.bool), flips, status, leaf_min), status, leaf_min)
-        while pool is not None and len(pool):
-            if time.perf_counter() - start > options.time_limit or len(pool) > options.max_domains:
-                break
-            order = torch.argsort(pool.bound.cpu())
-            pick, rest = order[:options.batch], order[options.batch:]
-            kids = _children(pool.take(pick))
-            pool = pool.take(rest) if rest.numel() else None
-            empty, flips = _bound(net, kids, biases, inp, options, options.iterations, max_elements)
-            # a leaf with every neuron fixed is linear on its domain: its bound is the Lagrangian dual of a
-            # linear (linf, l1) or convex (l2) program, which more steps on beta bring to the optimum
-            last = (kids.choice < 0) & (kids.bound.cpu() <= 0) & ~empty & ~flips
-            if bool(last.any()) and options.leaf_iterations > 0:
-                sel = last.nonzero().squeeze(1)
-                leaf = kids.take(sel)
-                _bound(net, leaf, biases, inp, options, options.leaf_iterations, max_elements)
-                kids.bound = kids.bound.clone()
-                kids.bound[sel.to(kids.bound.device)] = leaf.bound
-            domains += torch.bincount(kids.sample, minlength=n)
-            kids_left = _settle(kids, empty, flips, status, leaf_min)
-            parts = [p for p in (pool, kids_left) if p is not None and len(p)]
-            pool = _drop_decided(_Domains.cat(parts) if parts else None, status, leaf_min)
-        if pool is not None and len(pool):
-            _absorb(pool, leaf_min)
-            for s in pool.sample.unique().tolist():
-                if status[s] == OPEN:
-                    status[s] = TIMED_OUT
+    s_idx, r_idx = torch.ones_like(root.spec, dtype=torch.bool).nonzero(as_tuple=True)
+    m = s_idx.numel()
+    relax = [_Relax.of(lo, up) for lo, up in root.preact]
+    pool: _Domains | None = _Domains(
+        s_idx.cpu(), r_idx.cpu(), c_all[s_idx, r_idx], [lo[s_idx].clone() for lo, _ in root.preact],
+        [up[s_idx].clone() for _, up in root.preact], [torch.zeros((m, lo.shape[1]), dtype=torch.int8, device=device) for lo, _ in root.preact],
+        [r.alpha0[s_idx].clone() for r in relax], [torch.zeros_like(lo[s_idx]) for lo, _ in root.preact], root.spec[s_idx, r_idx].clone())
+    assert pool is not None
+    biases = _biases(net, dtype, device)
+    _, flips = _bound(net, pool, biases, inp, BabOptions(**{**options.__dict__, "refine": False}), options.alpha_steps, max_elements)
+    root_lb = torch.full_like(root.spec, math.nan)
+    root_lb[s_idx, r_idx] = pool.bound
+    leaf_min = torch.full(root_lb.shape, math.inf, dtype=torch.float64)
+    status = [OPEN] * n
+    domains = torch.ones(n, dtype=torch.long)
+    pool = _drop_decided(_settle(pool, torch.zeros(m, dtype=torch.bool), flips, status, leaf_min), status, leaf_min)
+    while pool is not None and len(pool):
+        if time.perf_counter() > deadline or len(pool) > options.max_domains:
+            break
+        order = torch.argsort(pool.bound.cpu())
+        pick, rest = order[:options.batch], order[options.batch:]
+        kids = _children(pool.take(pick))
+        pool = pool.take(rest) if rest.numel() else None
+        empty, flips = _bound(net, kids, biases, inp, options, options.iterations, max_elements, deadline)
+        # a leaf with every neuron fixed is linear on its domain: its bound is the Lagrangian dual of a
+        # linear (linf, l1) or convex (l2) program, which more steps on beta bring to the optimum
+        last = (kids.choice < 0) & (kids.bound.cpu() <= 0) & ~empty & ~flips
+        if bool(last.any()) and options.leaf_iterations > 0:
+            sel = last.nonzero().squeeze(1)
+            leaf = kids.take(sel)
+            _bound(net, leaf, biases, inp, options, options.leaf_iterations, max_elements, deadline)
+            kids.bound = kids.bound.clone()
+            kids.bound[sel.to(kids.bound.device)] = leaf.bound
+        domains += torch.bincount(kids.sample, minlength=n)
+        kids_left = _settle(kids, empty, flips, status, leaf_min)
+        parts = [p for p in (pool, kids_left) if p is not None and len(p)]
+        pool = _drop_decided(_Domains.cat(parts) if parts else None, status, leaf_min)
+    if pool is not None and len(pool):
+        _absorb(pool, leaf_min)
+        for s in pool.sample.unique().tolist():
+            if status[s] == OPEN:
+                status[s] = TIMED_OUT
     for i in range(n):
         if status[i] == OPEN:  # every domain of the sample closed with a positive bound
             status[i] = VERIFIED
