@@ -151,3 +151,17 @@ def test_bad_options():
         BabOptions(batch=0)
     with pytest.raises(ValueError):
         BabOptions(time_limit=-1.0)
+
+
+def test_estimator_passes_method_bab():
+    import numpy as np
+
+    from marginkit.norms import Norm
+    from marginkit.pipeline.estimate import input_margin_columns
+
+    model, x, exact = loose()
+    cols = input_margin_columns(model, x[:1], Norm.L2, "certify", bounds=(0.0, 1.0),
+                                verify_options={"method": "bab", "time_limit": 0.5})
+    assert list(cols["method"]) == ["bab"]
+    assert 0 < cols["input_margin_lower"][0] <= cols["input_margin_upper"][0]
+    assert np.isfinite(cols["input_margin_lower"]).all()

@@ -17,7 +17,7 @@ from ..margins.gap import reference_class
 from ..norms import Norm, as_norm
 from ..results.status import MISCLASSIFIED, status_of
 from .network import as_relu_network
-from .propagation import _check_method
+from .propagation import _MAX_ELEMENTS, _check_method
 from .radius import certified_radius
 
 __all__ = ["CertifyResult", "certify"]
@@ -120,7 +120,7 @@ def certify(
 
             res = bab_radius(net, x[keep], ref[keep], p, upper=up[keep].clamp_min(0), bounds=bounds, rtol=rtol, dtype=dtype,
                              options=BabOptions(time_limit=time_limit, alpha_steps=alpha_steps, lr_alpha=alpha_lr),
-                             **({} if max_elements is None else {"max_elements": max_elements}))
+                             max_elements=_MAX_ELEMENTS if max_elements is None else max_elements)
         else:
             res = certified_radius(net, x[keep], ref[keep], p, upper=up[keep].clamp_min(0), bounds=bounds, method=m, rtol=rtol, **kw)
         lower[keep] = res.lower
