@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> None:
                                        "upper": float(up[i]), "exact": None if exact is None else float(exact[i]), "seconds": secs,
                                        "cpu_seconds": cpu})
             for budget in budgets:
-                method = f"bab-{budget:g}s" + ("" if args.rtol == 0.01 else f"-rtol{args.rtol:g}")
+                method = f"bab-{budget:g}s" + ("" if args.rtol == 0.01 else f"-rtol{args.rtol:g}") + args.tag
                 for i in range(args.n):
                     if (name, norm, method, i) in done:
                         continue
@@ -171,6 +171,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=20)
     ap.add_argument("--budgets", default="5,20,60", help="seconds per sample for branch and bound, comma-separated")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--tag", default="", help="suffix of the method label (to tell code versions apart in one file)")
     ap.add_argument("--rtol", type=float, default=0.01, help="tolerance of the branch-and-bound radius search")
     ap.add_argument("--out", default=DEFAULT_OUT)
     ap.add_argument("--clock", default="cpu", choices=("wall", "cpu"),

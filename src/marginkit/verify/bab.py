@@ -40,7 +40,9 @@ over the bisection steps the bracket still needs): a step that verifies raises t
 does not (falsified, stuck, or out of time) lowers the upper end of the search, so the result is always a
 radius that BaB verified. Steps go up from the lower end by 5%, 10%, 20%, ... of it (never past the
 geometric midpoint) until one fails, then bisect geometrically: BaB's cost grows steeply with eps, and
-plain bisection would spend its first, hardest steps far above the alpha-CROWN radius.
+plain bisection would spend its first, hardest steps far above the alpha-CROWN radius. When the bracket
+has closed before the budget is spent and its upper end only ran out of time, that step is run again
+with all the time left (and the search goes on above it if it verifies).
 """
 
 from __future__ import annotations
@@ -502,27 +504,40 @@ def bab_radius(net: ReluNetwork, x: Tensor, ref: Tensor, norm: Norm | str, *, up
     shrink = -math.log1p(-rtol)
     for i in range(n):
         lo, hi = float(lower[i]), float(top[i])
+        top_i = hi
         if not (math.isfinite(hi) and lo < hi and hi > 0) or math.isinf(lo):
             continue
         deadline = options.now() + options.time_limit
         growth = max(2 * rtol, _FIRST_STEP)
-        while hi - lo > rtol * hi:
+        failed: list[float] = []  # radii whose step did not verify
+        retry = False  # the lowest failed step only ran out of its share of time
+        while True:
             left = deadline - options.now()
             if left <= 0:
                 break
-            # steps still needed at this bracket: log2 of (log width / log of the tolerance)
-            need = max(1.0, math.ceil(math.log2(max(2.0, math.log(hi / lo) / shrink)))) if lo > 0 else 8.0
-            # BaB's cost grows steeply with eps: step up from the certified end in growing steps until one
-            # fails, then bisect (a plain bisection would spend its first, hardest steps far above lo)
-            mid = min(math.sqrt(lo * hi), lo * (1 + growth)) if lo > 0 else hi / 2
+            if hi - lo > rtol * hi:
+                # steps still needed at this bracket: log2 of (log width / log of the tolerance)
+                need = max(1.0, math.ceil(math.log2(max(2.0, math.log(hi / lo) / shrink)))) if lo > 0 else 8.0
+                # BaB's cost grows steeply with eps: step up from the certified end in growing steps until one
+                # fails, then bisect (a plain bisection would spend its first, hardest steps far above lo)
+                mid = min(math.sqrt(lo * hi), lo * (1 + growth)) if lo > 0 else hi / 2
+                share = left / need
+            elif retry and hi < top_i:
+                mid, share, growth = hi, left, max(2 * rtol, _FIRST_STEP)  # converged early: all that is left
+            else:
+                break
             res = bab_bounds(net, x[i:i + 1], ref[i:i + 1], mid, p, bounds=bounds, dtype=dtype, max_elements=max_elements,
-                             options=BabOptions(**{**options.__dict__, "time_limit": left / need}))
+                             options=BabOptions(**{**options.__dict__, "time_limit": share}))
             evals[i] += int(res.domains.sum()) + 1
             if bool(res.verified[0]):
                 lo = mid
                 growth *= 2
+                hi = min([f for f in failed if f > lo] + [top_i])
+                retry = False
             else:
+                failed.append(mid)
                 hi = mid
                 growth = math.inf
+                retry = res.status[0] == TIMED_OUT
         lower[i] = max(float(lower[i]), lo)
     return RadiusResult(lower, evals, time.perf_counter() - t0)
