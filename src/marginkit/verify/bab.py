@@ -509,8 +509,7 @@ def bab_radius(net: ReluNetwork, x: Tensor, ref: Tensor, norm: Norm | str, *, up
             continue
         deadline = options.now() + options.time_limit
         growth = max(2 * rtol, _FIRST_STEP)
-        failed: list[float] = []  # radii whose step did not verify
-        retry = False  # the lowest failed step only ran out of its share of time
+        failed: dict[float, bool] = {}  # radii whose step did not verify -> whether it only ran out of time
         while True:
             left = deadline - options.now()
             if left <= 0:
@@ -522,7 +521,7 @@ def bab_radius(net: ReluNetwork, x: Tensor, ref: Tensor, norm: Norm | str, *, up
                 # fails, then bisect (a plain bisection would spend its first, hardest steps far above lo)
                 mid = min(math.sqrt(lo * hi), lo * (1 + growth)) if lo > 0 else hi / 2
                 share = left / need
-            elif retry and hi < top_i:
+            elif failed.get(hi, False):
                 mid, share, growth = hi, left, max(2 * rtol, _FIRST_STEP)  # converged early: all that is left
             else:
                 break
@@ -533,11 +532,10 @@ def bab_radius(net: ReluNetwork, x: Tensor, ref: Tensor, norm: Norm | str, *, up
                 lo = mid
                 growth *= 2
                 hi = min([f for f in failed if f > lo] + [top_i])
-                retry = False
             else:
-                failed.append(mid)
+                # a retried step that fails again is not retried a second time
+                failed[mid] = res.status[0] == TIMED_OUT and share < left
                 hi = mid
                 growth = math.inf
-                retry = res.status[0] == TIMED_OUT
         lower[i] = max(float(lower[i]), lo)
     return RadiusResult(lower, evals, time.perf_counter() - t0)
