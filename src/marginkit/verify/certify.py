@@ -17,7 +17,7 @@ from ..margins.gap import reference_class
 from ..norms import Norm, as_norm
 from ..results.status import MISCLASSIFIED, status_of
 from .network import as_relu_network
-from .propagation import _check_method
+from .propagation import _MAX_ELEMENTS, _check_method
 from .radius import certified_radius
 
 __all__ = ["CertifyResult", "certify"]
@@ -73,6 +73,7 @@ def certify(
     alpha_intermediate: int = 0,
     dtype: torch.dtype = torch.float64,
     max_elements: int | None = None,
+    time_limit: float = 20.0,
 ) -> CertifyResult:
     """Certified lower bounds of the input margin, bracketed with the caller's verified ``upper`` bounds.
 
@@ -84,9 +85,12 @@ def certify(
     of the specification on B_p(x, eps) ∩ box, found by bisection to relative tolerance ``rtol``
     (alpha-CROWN: ``alpha_steps`` Adam steps of size ``alpha_lr`` on the specification rows' slopes, and
     ``alpha_intermediate`` steps on the slopes behind each intermediate neuron's bounds, 0: CROWN's)
-    (:func:`marginkit.verify.radius.certified_radius`). Computation runs on the model's device in ``dtype``.
+    (:func:`marginkit.verify.radius.certified_radius`). ``method="bab"``: from the alpha-CROWN radius on,
+    branch and bound over ReLU phases within ``time_limit`` seconds per sample
+    (:func:`marginkit.verify.bab.bab_radius`). Computation runs on the model's device in ``dtype``.
     """
-    m = _check_method(method)
+    bab = method.lower() == "bab"
+    m = "bab" if bab else _check_method(method)
     p = as_norm(norm)
     x = check_inputs(inputs)
     n = x.shape[0]
@@ -111,7 +115,14 @@ def certify(
     lower = torch.zeros(n, dtype=torch.float64)
     evals = torch.zeros(n, dtype=torch.long)
     if keep.numel():
-        res = certified_radius(net, x[keep], ref[keep], p, upper=up[keep].clamp_min(0), bounds=bounds, method=m, rtol=rtol, **kw)
+        if bab:
+            from .bab import BabOptions, bab_radius
+
+            res = bab_radius(net, x[keep], ref[keep], p, upper=up[keep].clamp_min(0), bounds=bounds, rtol=rtol, dtype=dtype,
+                             options=BabOptions(time_limit=time_limit, alpha_steps=alpha_steps, lr_alpha=alpha_lr),
+                             max_elements=_MAX_ELEMENTS if max_elements is None else max_elements)
+        else:
+            res = certified_radius(net, x[keep], ref[keep], p, upper=up[keep].clamp_min(0), bounds=bounds, method=m, rtol=rtol, **kw)
         lower[keep] = res.lower
         evals[keep] = res.evaluations
     # a certified radius above a verified flipping point is impossible: flag it rather than report it
@@ -127,6 +138,6 @@ def certify(
         seconds=torch.full((n,), total / max(n, 1), dtype=torch.float64), evaluations=evals, method=m, norm=p,
         labels=ref, total_seconds=total,
         settings={"method": m, "rtol": rtol, "alpha_steps": alpha_steps, "alpha_lr": alpha_lr,
-                  "alpha_intermediate": alpha_intermediate, "bounds": bounds,
+                  "alpha_intermediate": alpha_intermediate, "bounds": bounds, **({"time_limit": time_limit} if bab else {}),
                   "dtype": str(dtype).replace("torch.", ""), "torch": torch.__version__},
     )
