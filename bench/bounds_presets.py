@@ -21,6 +21,7 @@ import torch
 
 def _trainer(dataset, input_shape, num_classes, seed, cache, accuracies):
     from marginkit.bounds.presets import build_extractor
+    from marginkit.models import load_torch_file
     from marginkit.training import TrainConfig, get_method, train_model
 
     def train(recipe):
@@ -29,7 +30,7 @@ def _trainer(dataset, input_shape, num_classes, seed, cache, accuracies):
         path = os.path.join(cache, f"{recipe.arch}-{recipe.label}-{key}.pt")
         model = build_extractor(recipe, input_shape, num_classes, seed)
         if os.path.exists(path):
-            state = torch.load(path, weights_only=True)
+            state = load_torch_file(path, what="cached preset model")
             model.load_state_dict(state["model"])
             accuracies[recipe.label] = state["test_accuracy"]
             return model.eval()

@@ -18,7 +18,6 @@ caller needs (architecture, widths, method, method parameters, epochs).
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections import OrderedDict
@@ -154,8 +153,8 @@ def run_preset(name: str | BoundsPreset, out: str, *, train: Callable[[ModelReci
     candidate pair; ``layers`` replaces the preset's layers (e.g. only the first linear layer).
     Returns the :class:`~marginkit.bounds.LayerwiseResult`."""
     from ..data import load_dataset
-    from ..results.provenance import atomic_write_bytes
-    from .layerwise import _jsonable, balanced_subset, compare_layerwise
+    from ..results.jsonio import write_json
+    from .layerwise import balanced_subset, compare_layerwise
 
     preset = get_preset(name) if isinstance(name, str) else name
     if quick:
@@ -183,6 +182,5 @@ def run_preset(name: str | BoundsPreset, out: str, *, train: Callable[[ModelReci
                 "dataset": ds.name, "dataset_fingerprint": ds.fingerprint(), "classes": list(preset.classes),
                 "recipes": [r.to_dict() for r in preset.models], "seconds": time.perf_counter() - t0,
                 "layer_stats": res.layers}
-    atomic_write_bytes(os.path.join(out, "settings.json"),
-                       json.dumps(_jsonable(settings), indent=2, default=str).encode())
+    write_json(os.path.join(out, "settings.json"), settings)
     return res
