@@ -17,7 +17,7 @@ from ..models.validate import validate_model_for_dataset
 from ..results import library_versions
 from .specs import ModelRef, Options, _frozen_items, load_model_ref
 
-__all__ = ["BoundsJob", "BoundsRun", "run_bounds"]
+__all__ = ["BoundsJob", "BoundsRun", "PresetModel", "preset_trainer", "run_bounds", "run_bounds_preset"]
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,8 @@ class BoundsJob:
     (``hidden`` x ``depth``), with ``demo_params`` = {method: {key: value}}; ``per_class`` training
     points per class of ``dataset`` / ``classes`` are the graph's vertices; ``eps``: the radius grid;
     ``layers``: None for the input and every layer up to the penultimate; ``box``: keep perturbed points
-    in the data's box; ``neighbours``: partners per point for the ReLU descent (None: all pairs).
+    in the data's box; ``neighbours``: partners per point for the ReLU descent (None: all pairs);
+    ``settle=False`` also searches pairs a certified lower bound shows cannot change any graph on the grid.
     """
 
     models: tuple[tuple[str, str | ModelRef], ...] = ()
@@ -50,6 +51,7 @@ class BoundsJob:
     solver: str = "CLARABEL"
     cross_entropy: bool = True
     seed: int = 0
+    settle: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", tuple((str(n), r if isinstance(r, ModelRef) else str(r))
@@ -150,10 +152,111 @@ def run_bounds(job: BoundsJob, *, checkpoint_dir: str | os.PathLike | None = Non
                             layers=list(job.layers) if job.layers else None,
                             bounds=ds.bounds if job.box else None, neighbours=job.neighbours or None,
                             max_pairs=job.max_pairs, cross_entropy=job.cross_entropy, solver=job.solver,
-                            progress=progress, executor=executor,
+                            progress=progress, executor=executor, settle=job.settle,
                             checkpoint_dir=None if checkpoint_dir is None else os.fspath(checkpoint_dir))
     stats = pd.DataFrame(res.layers)
     settings = {**res.settings, "dataset": ds.name, "dataset_fingerprint": ds.fingerprint(),
                 "classes": None if job.classes is None else list(job.classes), "seed": job.seed, "models": refs,
                 "seconds": time.perf_counter() - t0, "versions": library_versions(), "layer_stats": res.layers}
     return BoundsRun(res.to_frame(), stats.drop(columns=["statuses"], errors="ignore"), settings, job.cross_entropy)
+
+
+@dataclass(frozen=True)
+class PresetModel:
+    """A preset's feature extractor as trained (or reloaded): where it is cached and how it scores."""
+
+    label: str
+    path: str
+    test_accuracy: float
+    cached: bool
+    seconds: float
+
+
+def _recipe_key(recipe: Any, seed: int, data_fingerprint: str) -> str:
+    import hashlib
+
+    from ..results.jsonio import dumps
+
+    text = dumps({**recipe.to_dict(), "seed": seed, "data": data_fingerprint}, indent=None, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def preset_trainer(ds: Dataset, cache_dir: str | os.PathLike, *, seed: int = 0, progress: bool = False,
+                   record: list[PresetModel] | None = None):
+    """``train(recipe) -> nn.Module`` for :func:`marginkit.bounds.presets.run_preset`: builds the recipe's
+    extractor (:func:`~marginkit.bounds.presets.build_extractor`) and trains it with
+    :func:`marginkit.training.train_model`. A trained model is cached in ``cache_dir`` under a key of the
+    recipe, the seed and the data's fingerprint (a rerun reloads it); training keeps its state after every
+    epoch under ``cache_dir/partial-KEY``, so an interrupted training resumes."""
+    import io
+
+    import torch
+
+    from ..bounds.presets import build_extractor
+    from ..models import load_torch_file
+    from ..results.provenance import atomic_write_bytes
+    from ..training import TrainConfig, get_method, train_model
+
+    cache = os.fspath(cache_dir)
+
+    def train(recipe: Any) -> nn.Module:
+        t0 = time.perf_counter()
+        key = _recipe_key(recipe, seed, ds.fingerprint())
+        path = os.path.join(cache, f"{recipe.arch}-{recipe.label}-{key}.pt")
+        model = build_extractor(recipe, ds.input_shape, ds.num_classes, seed)
+        cached = os.path.exists(path)
+        if cached:
+            state = load_torch_file(path, what="cached preset model")
+            model.load_state_dict(state["model"])
+            acc = float(state["test_accuracy"])
+        else:
+            if progress:
+                import sys
+
+                print(f"training {recipe.label} ({recipe.arch}, {recipe.method}, {recipe.epochs} epochs)", file=sys.stderr)
+            res = train_model(model, ds, TrainConfig(epochs=recipe.epochs, lr=recipe.lr, seed=seed),
+                              get_method(recipe.method, **dict(recipe.params)), progress=progress,
+                              checkpoint_dir=os.path.join(cache, f"partial-{key}"))
+            model, acc = res.model, float(res.test_accuracy)
+            buf = io.BytesIO()
+            torch.save({"model": model.state_dict(), "test_accuracy": acc, "recipe": recipe.to_dict(), "seed": seed,
+                        "dataset_fingerprint": ds.fingerprint()}, buf)
+            os.makedirs(cache, exist_ok=True)
+            atomic_write_bytes(path, buf.getvalue())
+        if record is not None:
+            record.append(PresetModel(recipe.label, path, acc, cached, time.perf_counter() - t0))
+        return model.eval()
+
+    return train
+
+
+def run_bounds_preset(name: str, out: str | os.PathLike, *, quick: bool = False, settle: bool = True,
+                      executor: Any | None = None, progress: bool = False, seed: int = 0,
+                      neighbours: int | None = None, layers: tuple[str, ...] | None = None,
+                      cache_dir: str | os.PathLike | None = None, resume: bool = True) -> BoundsRun:
+    """One of the fixed-feature-extractor paper's experiments (:data:`marginkit.bounds.presets.PRESETS`)
+    end to end: train the preset's extractors (cached in ``cache_dir``, default ``runs/models/bounds-presets``;
+    see :func:`preset_trainer`), compute the layer-wise bounds on the preset's points (``quick``: fewer
+    points) with every candidate pair searched (``neighbours=None``), resuming finished layers from
+    ``out/checkpoints`` when ``resume``. Returns a :class:`BoundsRun` (write it with
+    :func:`marginkit.report.bounds_plots.write_bounds_report`); its settings name the preset, the figure,
+    the paper's claim, the models' test accuracies and whether each was reloaded."""
+    from ..bounds.presets import get_preset, run_preset
+    from ..training.demo import DEFAULT_CACHE
+
+    t0 = time.perf_counter()
+    preset = get_preset(name)
+    ds = load_dataset(preset.dataset, classes=preset.classes, seed=seed)
+    record: list[PresetModel] = []
+    train = preset_trainer(ds, cache_dir if cache_dir is not None else os.path.join(DEFAULT_CACHE, "bounds-presets"),
+                           seed=seed, progress=progress, record=record)
+    out = os.fspath(out)
+    res = run_preset(preset, out, train=train, quick=quick, neighbours=neighbours, seed=seed, progress=progress,
+                     checkpoint_dir=os.path.join(out, "checkpoints") if resume else None, layers=layers, settle=settle,
+                     executor=executor)
+    settings = {**res.settings, "models": {m.label: {"checkpoint": m.path, "test_accuracy": m.test_accuracy,
+                                                     "cached": m.cached, "seconds": m.seconds} for m in record},
+                "settle": settle, "neighbours": neighbours, "seconds": time.perf_counter() - t0,
+                "versions": library_versions()}
+    stats = pd.DataFrame(res.layers).drop(columns=["statuses"], errors="ignore")
+    return BoundsRun(res.to_frame(), stats, settings, True)
