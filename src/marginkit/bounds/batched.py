@@ -95,18 +95,90 @@ def _solve_active(Mu: torch.Tensor, Mv: torch.Tensor, r: torch.Tensor, mask: tor
     nu = torch.linalg.solve_triangular(C.transpose(1, 2), (Q @ (rho / h)[..., None]), upper=True)[..., 0] * m
     bu = (Mu.transpose(1, 2) @ nu[..., None])[..., 0] / w[:, None]
     bv = (Mv.transpose(1, 2) @ nu[..., None])[..., 0] / (1 - w[:, None])
-    # kept rows independent: smallest eigenvalue of the (un-ridged) Gram of the kept rows, relative
-    ev = torch.linalg.eigvalsh(S - ridge * scale[:, None, None] * eye)
-    cond = ev[:, 0] > 1e-9 * scale
-    return bu, bv, nu, w, good & cond
+    # dependent kept rows: the null space of M^T (eigenvectors of the un-ridged Gram with ~0 eigenvalue)
+    ev, evec = torch.linalg.eigh(S - ridge * scale[:, None, None] * eye)
+    nullity = (ev <= 1e-9 * scale[:, None]).sum(1)
+    evec = evec * m[:, :, None]
+    in_null = (torch.arange(K)[None] < nullity[:, None]).to(nu.dtype)
+    nu = nu - (evec @ ((evec.transpose(1, 2) @ nu[..., None])[..., 0] * in_null)[..., None])[..., 0]  # min-norm
+    return bu, bv, nu, w, good, nullity, evec
+
+
+def _dual_center_np(nu0: np.ndarray, N: np.ndarray, sign: np.ndarray) -> np.ndarray | None:
+    """Several dependencies (nullity q >= 2, rare): the analytic centre of {nu0 + N alpha : sign rows >= 0}
+    by a phase-1 LP (HiGHS) and a damped Newton method on sum log of the moving sign rows; None when the
+    face has no interior on those rows or is unbounded (then the program goes to Clarabel)."""
+    from scipy.optimize import linprog
+
+    q = N.shape[1]
+    moving = sign & (np.abs(N).max(1) > 1e-9)
+    fixed = sign & ~moving
+    scale = max(1.0, float(np.abs(nu0).max()))
+    if (nu0[fixed] < -1e-9 * scale).any() or not moving.any():
+        return None if (nu0[fixed] < -1e-9 * scale).any() else nu0
+    A, c0 = N[moving], nu0[moving]
+    # max s  s.t.  c0 + A alpha >= s, s <= scale, |alpha| <= 1e3 scale (bounded LP)
+    res = linprog(np.r_[np.zeros(q), -1.0], A_ub=np.c_[-A, np.ones(len(c0))], b_ub=c0,
+                  bounds=[(-1e3 * scale, 1e3 * scale)] * q + [(None, scale)], method="highs")
+    if res.status != 0 or res.x[-1] <= 1e-9 * scale or np.abs(res.x[:q]).max() > 1e2 * scale:
+        return None
+    alpha = res.x[:q]
+    for _ in range(60):
+        val = c0 + A @ alpha
+        g = -(A / val[:, None]).sum(0)
+        H = (A.T * (1.0 / val ** 2)) @ A
+        try:
+            step = np.linalg.solve(H + 1e-14 * np.trace(H) * np.eye(q), -g)
+        except np.linalg.LinAlgError:
+            return None
+        dec = float(-g @ step)
+        tstep = 1.0
+        while (c0 + A @ (alpha + tstep * step) <= 0).any():
+            tstep *= 0.5
+            if tstep < 1e-12:
+                return None
+        alpha = alpha + tstep * step
+        if dec < 1e-20:
+            break
+    if np.abs(alpha).max() > 1e2 * scale:
+        return None
+    return nu0 + N @ alpha
+
+
+def _analytic_center(nu: torch.Tensor, n: torch.Tensor, sign: torch.Tensor, iters: int = 100):
+    """Multipliers of a rank-deficient active set: the optimal duals are nu + alpha n (one null vector n);
+    the sign rows need nu + alpha n >= 0. An interior-point solver converges to the analytic centre of that
+    segment (max sum log of the sign rows that move with alpha); returns (alpha, usable) where usable says
+    the segment is non-empty and bounded."""
+    moving = sign & (n.abs() > 1e-9)
+    ratio = -nu / torch.where(moving, n, 1.0)
+    inf = torch.tensor(float("inf"), dtype=nu.dtype)
+    lo = torch.where(moving & (n > 0), ratio, -inf).amax(1)
+    hi = torch.where(moving & (n < 0), ratio, inf).amin(1)
+    fixed_ok = (torch.where(sign & ~moving, nu, 0.0) >= -1e-9 * nu.abs().amax(1, keepdim=True).clamp_min(1.0)).all(1)
+    usable = torch.isfinite(lo) & torch.isfinite(hi) & (lo <= hi) & fixed_ok
+    a, b = torch.where(usable, lo, 0.0), torch.where(usable, hi, 0.0)
+    for _ in range(iters):
+        mid = 0.5 * (a + b)
+        val = nu + mid[:, None] * n
+        grad = torch.where(moving, n / torch.where(moving, val, 1.0), 0.0).sum(1)
+        a, b = torch.where(grad > 0, mid, a), torch.where(grad > 0, b, mid)
+    return 0.5 * (a + b), usable
 
 
 def solve_polytopes(Eu: torch.Tensor, Ev: torch.Tensor, e: torch.Tensor, eq_keep: torch.Tensor,
                     Gu: torch.Tensor, gu: torch.Tensor, Gv: torch.Tensor, gv: torch.Tensor, *,
-                    max_rounds: int = 12, tol: float = 1e-9, diag: dict | None = None) -> BatchSolution:
+                    max_rounds: int = 12, tol: float = 1e-9, strict: bool = True,
+                    diag: dict | None = None) -> BatchSolution:
     """The cone programs of B activation polytopes (module docstring), all float64 tensors:
     ``Eu, Ev`` (B, k, d), ``e`` (B, k) for E_u beta_u - E_v beta_v = e (rows where ``eq_keep`` is False are
-    absent), ``Gu`` (B, mu, d), ``gu`` (B, mu), ``Gv``, ``gv`` for G beta + g >= 0 on each side."""
+    absent), ``Gu`` (B, mu, d), ``gu`` (B, mu), ``Gv``, ``gv`` for G beta + g >= 0 on each side.
+
+    ``strict`` (default) certifies only optima that are unique with unique sign duals (independent active
+    rows, both weights positive): then any exact solver returns the same answer and the descent takes the
+    per-pair engine's path. Without it, a degenerate optimum is certified with the analytic centre of its
+    dual face (what an interior-point method converges to) and the minimum-norm side where one weight is 0.
+    """
     B, k, d = Eu.shape
     mu, mv = Gu.shape[1], Gv.shape[1]
     if not (mu and mv):
@@ -117,10 +189,14 @@ def solve_polytopes(Eu: torch.Tensor, Ev: torch.Tensor, e: torch.Tensor, eq_keep
         # the feature equality's rows are dependent at deeper layers (rank <= the active units of earlier
         # stages): replace them by an orthonormal basis of their row space (same constraint set)
         Mfull = torch.cat([Eu, -Ev], 2) * eq_keep[..., None]
-        Uu, S, Vh = torch.linalg.svd(Mfull, full_matrices=False)
-        eq_keep = S > 1e-9 * S[:, :1].clamp_min(1e-300)
+        # M M^T = U diag(sig^2) U^T: orthonormal rows U^T M / sig of the row space (rank: sig > 1e-7 max sig;
+        # a nearly dependent row dropped here shows up in the residual check on the original rows)
+        sig2, Uu = torch.linalg.eigh(Mfull @ Mfull.transpose(1, 2))
+        eq_keep = sig2 > 1e-14 * sig2[:, -1:].clamp_min(1e-300)
+        sig = torch.where(eq_keep, sig2, 1.0).sqrt()
+        Vh = (Uu.transpose(1, 2) @ Mfull) / sig[..., None] * eq_keep[..., None]
         Eu, Ev = Vh[..., :d], -Vh[..., d:]  # orthonormal rows: a well-conditioned system
-        e = (Uu.transpose(1, 2) @ (e * keep0)[..., None])[..., 0] / torch.where(eq_keep, S, 1.0)
+        e = (Uu.transpose(1, 2) @ (e * keep0)[..., None])[..., 0] / sig * eq_keep
         k = Eu.shape[1]
     active_u = torch.zeros(B, mu, dtype=torch.bool)
     active_v = torch.zeros(B, mv, dtype=torch.bool)
@@ -167,7 +243,26 @@ def solve_polytopes(Eu: torch.Tensor, Ev: torch.Tensor, e: torch.Tensor, eq_keep
             mask.append(is_u | is_v)
         Mu, Mv = torch.cat(rows_u, 1), torch.cat(rows_v, 1)
         r, m = torch.cat(rhs, 1), torch.cat(mask, 1)
-        bu, bv, nu, w, cond = _solve_active(Mu, Mv, r, m)
+        bu, bv, nu, w, good, nullity, evec = _solve_active(Mu, Mv, r, m)
+        nvec = evec[:, :, 0]
+        cond = good & (nullity == 0)
+        one = good & (nullity == 1) & (n_act > 0)
+        if one.any():  # one dependency (typically a unit at zero on both sides): the analytic-centre duals
+            sign_rows = torch.zeros_like(m)
+            sign_rows[:, k:] = m[:, k:]
+            alpha, usable = _analytic_center(nu[one], nvec[one], sign_rows[one])
+            nu_one = nu[one] + alpha[:, None] * nvec[one]
+            nu[one] = torch.where(usable[:, None], nu_one, nu[one])
+            sel = torch.nonzero(one).ravel()
+            cond[sel[usable]] = True
+        for p in torch.nonzero(good & (nullity >= 2) & (n_act > 0)).ravel().tolist():
+            q = int(nullity[p])
+            sign_np = m[p].numpy().copy()
+            sign_np[:k] = False
+            centre = _dual_center_np(nu[p].numpy(), evec[p, :, :q].numpy(), sign_np)
+            if centre is not None:
+                nu[p] = torch.from_numpy(centre)
+                cond[p] = True
         t = torch.maximum(bu.norm(dim=1), bv.norm(dim=1))
         su_slack = (Gu[idx] @ bu[..., None])[..., 0] + gu[idx] if mu else torch.zeros(len(idx), 0, dtype=dtype)
         sv_slack = (Gv[idx] @ bv[..., None])[..., 0] + gv[idx] if mv else torch.zeros(len(idx), 0, dtype=dtype)
@@ -194,7 +289,11 @@ def solve_polytopes(Eu: torch.Tensor, Ev: torch.Tensor, e: torch.Tensor, eq_keep
         kkt = (~viol_u.any(1) & ~viol_v.any(1) & ~neg_u.any(1) & ~neg_v.any(1) & cond & balanced
                & (eq_res <= tol * escale[idx] * (1 + t) * 10) & torch.isfinite(t))
         changed = viol_u.any(1) | viol_v.any(1) | neg_u.any(1) | neg_v.any(1)
-        finished = kkt | ~changed | ~cond
+        unique = (nullity == 0) & interior
+        if diag is not None:
+            diag["non-unique"] = diag.get("non-unique", 0) + int((kkt & ~unique).sum())
+            diag["endpoint"] = diag.get("endpoint", 0) + int((kkt & ~interior).sum())
+        finished = kkt | ~changed  # a dependent set whose duals cannot be signed drops its negative rows
         if diag is not None:
             bad = finished & ~kkt
             for name, flag in (("dependent", ~cond), ("equality", eq_res > tol * escale[idx] * (1 + t) * 10),
@@ -204,7 +303,7 @@ def solve_polytopes(Eu: torch.Tensor, Ev: torch.Tensor, e: torch.Tensor, eq_keep
         fin = idx[finished]
         out_bu[fin], out_bv[fin], out_t[fin] = bu[finished], bv[finished], t[finished]
         out_zu[fin], out_zv[fin] = zu[finished].clamp_min(0.0), zv[finished].clamp_min(0.0)
-        ok[fin] = kkt[finished]
+        ok[fin] = (kkt & unique)[finished] if strict else kkt[finished]
         done[fin] = True
         go = ~finished
         active_u[idx[go]] = (au[go] & ~neg_u[go]) | viol_u[go]

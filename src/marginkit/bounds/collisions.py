@@ -136,6 +136,16 @@ class _Geometry:
 
     @classmethod
     def build(cls, chain: FeatureChain, norm: Norm, bounds) -> "_Geometry":
+        """Built once per chain, norm and box and kept on the chain (the row basis of a 784-input first
+        layer is an eigendecomposition that would otherwise dominate a call on a few pairs)."""
+        cache = chain.__dict__.setdefault("_geometry_cache", {})
+        key = (norm, None if bounds is None else tuple(bounds))
+        if key not in cache:
+            cache[key] = cls._build(chain, norm, bounds)
+        return cache[key]
+
+    @classmethod
+    def _build(cls, chain: FeatureChain, norm: Norm, bounds) -> "_Geometry":
         mats = [st.dense() for st in chain.stages]
         reduce = None
         if norm is Norm.L2 and bounds is None and mats:
