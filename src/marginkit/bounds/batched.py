@@ -49,9 +49,11 @@ class BatchSolution:
     zv: torch.Tensor
     ok: torch.Tensor
     rounds: int
+    active_u: torch.Tensor | None = None
+    active_v: torch.Tensor | None = None
 
 
-def _weights_for_balance(lam: torch.Tensor, rho2: torch.Tensor, iters: int = 80) -> torch.Tensor:
+def _weights_for_balance(lam: torch.Tensor, rho2: torch.Tensor, iters: int = 56) -> torch.Tensor:
     """The w in (0, 1) with ||beta_u(w)|| = ||beta_v(w)||, per pair, by bisection on the logit of w.
 
     With h_i(w) = lam_i / w + (1 - lam_i) / (1 - w): ||beta_u||^2 = sum lam_i rho_i^2 / (w h_i)^2 and
@@ -95,9 +97,18 @@ def _solve_active(Mu: torch.Tensor, Mv: torch.Tensor, r: torch.Tensor, mask: tor
     nu = torch.linalg.solve_triangular(C.transpose(1, 2), (Q @ (rho / h)[..., None]), upper=True)[..., 0] * m
     bu = (Mu.transpose(1, 2) @ nu[..., None])[..., 0] / w[:, None]
     bv = (Mv.transpose(1, 2) @ nu[..., None])[..., 0] / (1 - w[:, None])
-    # dependent kept rows: the null space of M^T (eigenvectors of the un-ridged Gram with ~0 eigenvalue)
-    ev, evec = torch.linalg.eigh(S - ridge * scale[:, None, None] * eye)
-    nullity = (ev <= 1e-9 * scale[:, None]).sum(1)
+    # dependent kept rows: the null space of M^T (eigenvectors of the un-ridged Gram with ~0 eigenvalue).
+    # Screen first: trace(S^-1) = ||C^-1||_F^2 >= 1 / lambda_min, so a pair below 1e8 / scale has
+    # lambda_min > 1e-8 scale (independent rows) and needs no eigendecomposition.
+    Ci = torch.linalg.solve_triangular(C, eye.expand(B, K, K), upper=False)
+    suspect = (Ci.square().sum((1, 2)) * scale > 1e8) | ~good
+    nullity = torch.zeros(B, dtype=torch.long)
+    evec = torch.zeros(B, K, K, dtype=Mu.dtype)
+    if suspect.any():
+        sel = torch.nonzero(suspect).ravel()
+        ev_s, evec_s = torch.linalg.eigh(S[sel] - ridge * scale[sel, None, None] * eye)
+        nullity[sel] = (ev_s <= 1e-9 * scale[sel, None]).sum(1)
+        evec[sel] = evec_s
     evec = evec * m[:, :, None]
     in_null = (torch.arange(K)[None] < nullity[:, None]).to(nu.dtype)
     nu = nu - (evec @ ((evec.transpose(1, 2) @ nu[..., None])[..., 0] * in_null)[..., None])[..., 0]  # min-norm
@@ -168,15 +179,16 @@ def _analytic_center(nu: torch.Tensor, n: torch.Tensor, sign: torch.Tensor, iter
 
 def solve_polytopes(Eu: torch.Tensor, Ev: torch.Tensor, e: torch.Tensor, eq_keep: torch.Tensor,
                     Gu: torch.Tensor, gu: torch.Tensor, Gv: torch.Tensor, gv: torch.Tensor, *,
-                    max_rounds: int = 12, tol: float = 1e-9, strict: bool = True,
+                    max_rounds: int = 12, tol: float = 1e-9, strict: bool = False,
+                    init_u: torch.Tensor | None = None, init_v: torch.Tensor | None = None,
                     diag: dict | None = None) -> BatchSolution:
     """The cone programs of B activation polytopes (module docstring), all float64 tensors:
     ``Eu, Ev`` (B, k, d), ``e`` (B, k) for E_u beta_u - E_v beta_v = e (rows where ``eq_keep`` is False are
     absent), ``Gu`` (B, mu, d), ``gu`` (B, mu), ``Gv``, ``gv`` for G beta + g >= 0 on each side.
 
-    ``strict`` (default) certifies only optima that are unique with unique sign duals (independent active
+    ``strict`` certifies only optima that are unique with unique sign duals (independent active
     rows, both weights positive): then any exact solver returns the same answer and the descent takes the
-    per-pair engine's path. Without it, a degenerate optimum is certified with the analytic centre of its
+    per-pair engine's path. Without it (default), a degenerate optimum is certified with the analytic centre of its
     dual face (what an interior-point method converges to) and the minimum-norm side where one weight is 0.
     """
     B, k, d = Eu.shape
@@ -198,8 +210,9 @@ def solve_polytopes(Eu: torch.Tensor, Ev: torch.Tensor, e: torch.Tensor, eq_keep
         Eu, Ev = Vh[..., :d], -Vh[..., d:]  # orthonormal rows: a well-conditioned system
         e = (Uu.transpose(1, 2) @ (e * keep0)[..., None])[..., 0] / sig * eq_keep
         k = Eu.shape[1]
-    active_u = torch.zeros(B, mu, dtype=torch.bool)
-    active_v = torch.zeros(B, mv, dtype=torch.bool)
+    # the active set starts empty or from a guess (the previous descent step's); a wrong guess only costs rounds
+    active_u = torch.zeros(B, mu, dtype=torch.bool) if init_u is None else init_u.clone()
+    active_v = torch.zeros(B, mv, dtype=torch.bool) if init_v is None else init_v.clone()
     done = torch.zeros(B, dtype=torch.bool)
     out_bu = torch.zeros(B, d, dtype=dtype)
     out_bv = torch.zeros(B, d, dtype=dtype)
@@ -207,6 +220,7 @@ def solve_polytopes(Eu: torch.Tensor, Ev: torch.Tensor, e: torch.Tensor, eq_keep
     out_zu = torch.zeros(B, mu, dtype=dtype)
     out_zv = torch.zeros(B, mv, dtype=dtype)
     ok = torch.zeros(B, dtype=torch.bool)
+    fin_u, fin_v = torch.zeros(B, mu, dtype=torch.bool), torch.zeros(B, mv, dtype=torch.bool)
     gscale = torch.maximum(Gu.abs().flatten(1).amax(1) if mu else torch.zeros(B, dtype=dtype),
                            Gv.abs().flatten(1).amax(1) if mv else torch.zeros(B, dtype=dtype)).clamp_min(1.0)
     escale = torch.maximum(Eu0.abs().flatten(1).amax(1), Ev0.abs().flatten(1).amax(1)).clamp_min(1.0)
@@ -288,6 +302,15 @@ def solve_polytopes(Eu: torch.Tensor, Ev: torch.Tensor, e: torch.Tensor, eq_keep
         balanced = ~interior | ((bu.norm(dim=1) - bv.norm(dim=1)).abs() <= 1e-8 * (1 + t))
         kkt = (~viol_u.any(1) & ~viol_v.any(1) & ~neg_u.any(1) & ~neg_v.any(1) & cond & balanced
                & (eq_res <= tol * escale[idx] * (1 + t) * 10) & torch.isfinite(t))
+        # weakly active rows (tight but outside the set, multiplier 0): the dual face may be larger than the
+        # point found (e.g. a last-layer unit at zero on both sides, the flip case of section 3.2); hold them
+        # as equalities too (the primal stays put) so the duals become the face's analytic centre
+        tight_tol = 1e-8 * gscale[idx] * (1 + t)
+        weak_u = kkt[:, None] & ~au & (su_slack.abs() <= tight_tol[:, None])
+        weak_v = kkt[:, None] & ~av & (sv_slack.abs() <= tight_tol[:, None])
+        weak = weak_u.any(1) | weak_v.any(1)
+        kkt = kkt & ~weak
+        viol_u, viol_v = viol_u | weak_u, viol_v | weak_v
         changed = viol_u.any(1) | viol_v.any(1) | neg_u.any(1) | neg_v.any(1)
         unique = (nullity == 0) & interior
         if diag is not None:
@@ -301,6 +324,7 @@ def solve_polytopes(Eu: torch.Tensor, Ev: torch.Tensor, e: torch.Tensor, eq_keep
                                ("dual-sign", neg_u.any(1) | neg_v.any(1))):
                 diag[name] = diag.get(name, 0) + int((bad & flag).sum())
         fin = idx[finished]
+        fin_u[fin], fin_v[fin] = au[finished], av[finished]
         out_bu[fin], out_bv[fin], out_t[fin] = bu[finished], bv[finished], t[finished]
         out_zu[fin], out_zv[fin] = zu[finished].clamp_min(0.0), zv[finished].clamp_min(0.0)
         ok[fin] = (kkt & unique)[finished] if strict else kkt[finished]
@@ -310,7 +334,7 @@ def solve_polytopes(Eu: torch.Tensor, Ev: torch.Tensor, e: torch.Tensor, eq_keep
         active_v[idx[go]] = (av[go] & ~neg_v[go]) | viol_v[go]
     if diag is not None:
         diag["unconverged"] = diag.get("unconverged", 0) + int((~done).sum())
-    return BatchSolution(out_bu, out_bv, out_t, out_zu, out_zv, ok, rounds)
+    return BatchSolution(out_bu, out_bv, out_t, out_zu, out_zv, ok, rounds, fin_u, fin_v)
 
 
 def program_tensors(mats: list[tuple[torch.Tensor, torch.Tensor]], relu: list[bool], L1_full: torch.Tensor,
@@ -397,6 +421,8 @@ def descent_batched(geo, u: np.ndarray, v: np.ndarray, *, max_iter: int, dual_to
         PV: list[Any] = [torch.from_numpy(np.stack([p[1][s] for p in pats])) if relu[s] else None for s in range(nst)]
         eps_old = best.copy()
         running = np.ones(n, dtype=bool)
+        AU: torch.Tensor | None = None  # each pair's last active set: the next step's first guess
+        AV: torch.Tensor | None = None
         Ut, Vt = torch.from_numpy(U), torch.from_numpy(V)
         for it in range(1, max_iter + 1):
             idx = np.flatnonzero(running)
@@ -406,7 +432,14 @@ def descent_batched(geo, u: np.ndarray, v: np.ndarray, *, max_iter: int, dual_to
             pu_i = [p[ti] if p is not None else None for p in PU]
             pv_i = [p[ti] if p is not None else None for p in PV]
             Eu, Ev, e, keep, Gu, gu, Gv, gv, n_u, n_v = program_tensors(mats, relu, L1, fr, Ut[ti], Vt[ti], pu_i, pv_i)
-            sol = solve_polytopes(Eu, Ev, e, keep, Gu, gu, Gv, gv)
+            if AU is None:
+                AU = torch.zeros(n, Gu.shape[1], dtype=torch.bool)
+                AV = torch.zeros(n, Gv.shape[1], dtype=torch.bool)
+            assert AU is not None and AV is not None
+            sol = solve_polytopes(Eu, Ev, e, keep, Gu, gu, Gv, gv, init_u=AU[ti], init_v=AV[ti])
+            assert sol.active_u is not None and sol.active_v is not None
+            AU[ti] = sol.active_u & sol.ok[:, None]
+            AV[ti] = sol.active_v & sol.ok[:, None]
             bu, bv, zu, zv = sol.bu.numpy().copy(), sol.bv.numpy().copy(), sol.zu.numpy().copy(), sol.zv.numpy().copy()
             solved = sol.ok.numpy().copy()
             for j in np.flatnonzero(~solved):
@@ -464,6 +497,7 @@ def descent_batched(geo, u: np.ndarray, v: np.ndarray, *, max_iter: int, dual_to
                     continue
                 n_st = chain.stages[st].out_dim
                 z_u, z_v = zu[:, ou:ou + n_st], zv[:, ov:ov + n_st]
+                sl_u, sl_v = slice(ou, ou + n_st), slice(ov, ov + n_st)
                 ou += n_st
                 ov += n_st
                 if st == last:
@@ -473,12 +507,18 @@ def descent_batched(geo, u: np.ndarray, v: np.ndarray, *, max_iter: int, dual_to
                     PU[st][ti_s] = new
                     PV[st][ti_s] = new.clone()
                     changed |= f.any(1).numpy()
+                    if AU is not None and AV is not None:  # a flipped unit's sign rows start inactive
+                        AU[ti_s, sl_u] &= ~f
+                        AV[ti_s, sl_v] &= ~f
                 else:
                     fu, fv = torch.from_numpy(z_u > tol), torch.from_numpy(z_v > tol)
                     cu_, cv_ = PU[st][ti_s], PV[st][ti_s]
                     PU[st][ti_s] = torch.where(fu, 1 - cu_, cu_)
                     PV[st][ti_s] = torch.where(fv, 1 - cv_, cv_)
                     changed |= (fu.any(1) | fv.any(1)).numpy()
+                    if AU is not None and AV is not None:
+                        AU[ti_s, sl_u] &= ~fu
+                        AV[ti_s, sl_v] &= ~fv
             stall = eps >= eps_old[idx_s] - 1e-9 * np.maximum(1.0, eps_old[idx_s])
             conv = ~changed | stall
             for i in idx_s[conv]:
