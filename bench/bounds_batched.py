@@ -35,6 +35,8 @@ def main() -> None:
     from marginkit.data import load_dataset
     from marginkit.training import demo_model
 
+    import scipy.optimize  # noqa: F401  (imported by the engine on first use; outside the timing)
+
     torch.set_num_threads(1)
     ds = load_dataset("mnist5k", classes=(3, 7), seed=args.seed)
     x, y = ds.split("train")

@@ -389,7 +389,7 @@ def program_tensors(mats: list[tuple[torch.Tensor, torch.Tensor]], relu: list[bo
 
 
 def descent_batched(geo, u: np.ndarray, v: np.ndarray, *, max_iter: int, dual_tol: float, atol: float, rtol: float,
-                    stop: np.ndarray, fallback, chunk: int = 256):
+                    stop: np.ndarray, fallback, chunk: int | None = None):
     """Algorithms 1/2 for all pairs (u_i, v_i) in lock step, chunk by chunk: each step solves every running
     pair's cone program with :func:`solve_polytopes`; pairs whose KKT certificate fails are solved by
     ``fallback`` (a per-pair Clarabel program: ``set(u, v, pu, pv)``, ``solve()``, ``primal()``,
@@ -405,6 +405,9 @@ def descent_batched(geo, u: np.ndarray, v: np.ndarray, *, max_iter: int, dual_to
     L1 = torch.from_numpy(chain.stages[0].dense()[0])
     fr = None if geo.final_rows is None else torch.from_numpy(geo.final_rows)
     P = len(u)
+    if chunk is None:  # pairs per lock-step batch: about 400 MB of float64 program data at most
+        rows = sum(st.out_dim for st in chain.stages if st.relu) + chain.stages[-1].out_dim
+        chunk = int(np.clip(4e8 / (8.0 * 6 * rows * geo.dim), 16, 512))
     budget = np.empty(P)
     dus, dvs = np.empty_like(u), np.empty_like(v)
     programs = np.zeros(P, dtype=int)
