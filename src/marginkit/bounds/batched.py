@@ -389,13 +389,14 @@ def program_tensors(mats: list[tuple[torch.Tensor, torch.Tensor]], relu: list[bo
 
 
 def descent_batched(geo, u: np.ndarray, v: np.ndarray, *, max_iter: int, dual_tol: float, atol: float, rtol: float,
-                    stop: np.ndarray, fallback, chunk: int | None = None):
+                    stop: np.ndarray, fallback, initial_patterns, norms, verify, chunk: int | None = None):
     """Algorithms 1/2 for all pairs (u_i, v_i) in lock step, chunk by chunk: each step solves every running
     pair's cone program with :func:`solve_polytopes`; pairs whose KKT certificate fails are solved by
     ``fallback`` (a per-pair Clarabel program: ``set(u, v, pu, pv)``, ``solve()``, ``primal()``,
-    ``duals(i)``). Same flip rule, termination, verification and outputs as ``collisions._descent_one``.
-    Returns (budget, delta_u, delta_v, programs, status, fallbacks)."""
-    from .collisions import _initial_patterns, _norms, verify_collisions
+    ``duals(i)``). Same flip rule, termination, verification and outputs as ``collisions._descent_one``;
+    ``initial_patterns``, ``norms`` and ``verify`` are that module's midpoint patterns, norm and float64
+    collision check. Returns (budget, delta_u, delta_v, programs, status, fallbacks)."""
+    _initial_patterns, _norms, verify_collisions = initial_patterns, norms, verify
 
     chain = geo.chain
     relu = [st.relu for st in chain.stages]

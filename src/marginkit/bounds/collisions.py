@@ -600,7 +600,9 @@ def find_collisions(chain: FeatureChain, u: np.ndarray | torch.Tensor, v: np.nda
 
         stops = np.full(P, -np.inf) if stop_below is None else stop_below
         b, du, dv, iters, status, fallbacks = descent_batched(geo, u, v, max_iter=max_iter, dual_tol=dual_tol, atol=atol,
-                                                              rtol=rtol, stop=stops, fallback=prog)
+                                                              rtol=rtol, stop=stops, fallback=prog,
+                                                              initial_patterns=_initial_patterns, norms=_norms,
+                                                              verify=verify_collisions)
         settings.update(engine="batched", fallback_programs=int(fallbacks))
         return CollisionResult(b, du if return_delta else None, dv if return_delta else None, iters, status,
                                time.perf_counter() - t0, int(iters.sum()), settings)
