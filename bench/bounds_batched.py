@@ -2,12 +2,13 @@
 
 Pairs of 2-class MNIST (3 vs 7) training points (different classes, drawn with a seed from the 400-point
 vertex set of the documented run) after relu1 / relu2 / relu3 of the demo MLP 784-64-64-64 (standard and
-PGD l2 eps 2). The per-pair engine (one Clarabel program at a time, ``engine="per-pair"``) runs on the first
+PGD l2 eps 2; ``--models fcnn``: the paper's FCNN 300-200 of the presets). The per-pair engine (one Clarabel program at a time, ``engine="per-pair"``) runs on the first
 ``--ref-pairs`` pairs; the batched engine on the same pairs (budgets, programs and statuses compared) and on
 all ``--pairs`` pairs (throughput). Single-threaded torch; wall and CPU seconds (``time.process_time``) of
 the search itself (the layer's geometry, one SVD per call, is built once before the timing).
 
     python bench/bounds_batched.py --pairs 2000 --ref-pairs 60
+    python bench/bounds_batched.py --models fcnn --layers relu1,relu2 --pairs 100 --ref-pairs 8   # FCNN 300-200
 
 Prints Markdown (copied into bench/bounds.md).
 """
@@ -52,9 +53,17 @@ def main() -> None:
           "| speed-up (CPU, same pairs) | max abs budget diff | same programs / status |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for mname in args.models.split(","):
-        kw = {"method": mname, "method_params": {"eps": 2.0}} if mname == "pgd" else {}
-        model, _ = demo_model("mlp", classes=(3, 7), depth=3, hidden=64, seed=args.seed, **kw)
+        if mname == "fcnn":  # the paper's FCNN 300-200 (preset recipe "standard", cached by the presets)
+            from marginkit.bounds.presets import ModelRecipe
+            from marginkit.pipeline import preset_trainer
+
+            model = preset_trainer(ds, "runs/models/bounds-presets", seed=args.seed)(ModelRecipe("standard"))
+        else:
+            kw = {"method": mname, "method_params": {"eps": 2.0}} if mname == "pgd" else {}
+            model, _ = demo_model("mlp", classes=(3, 7), depth=3, hidden=64, seed=args.seed, **kw)
         for layer in args.layers.split(","):
+            if layer not in dict(model.named_children()):
+                continue
             ch = feature_chain(model, layer, (1, 28, 28))
             find_collisions(ch, a[:2], b[:2], engine="per-pair")  # imports and the layer's SVD outside the timing
             find_collisions(ch, a[:2], b[:2], engine="batched")

@@ -13,6 +13,9 @@ eps_f(u, v) = min max(||delta||, ||delta'||) s.t. f(u + delta) = f(v + delta')  
   positive (last layer: only where both sides' duals are positive, the two sides share that pattern), until
   no ReLU flips or the budget stops decreasing. With l2 and no box the search runs in the row space of the
   first layer (appendix D.1), which is exact: components orthogonal to it change nothing but the norm.
+* the descent's cone programs of many pairs are solved together by :mod:`marginkit.bounds.batched`
+  (``engine="auto"``: l2 without a box; an exact active-set method whose answers carry a KKT
+  certificate, Clarabel for the rest), otherwise one Clarabel / cvxpy program at a time;
 * tiny ReLU networks: ``method="enumerate"`` solves the cone program of every activation polytope, the
   exact global minimum (ground truth for tests).
 
