@@ -5,6 +5,7 @@ import os
 
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from marginkit.cli import app
@@ -54,14 +55,23 @@ _BASE = ["--dataset", "synthetic", "--classes", "0,1", "--per-class", "4", "--ep
 
 
 def test_bounds_command_validates_models_like_margins(tmp_path):
-    """The same checks as ``marginkit margins`` before any work: a 3-output model on 2-class data, a
-    missing file, a layer that does not exist; each a one-line error naming the model, nothing written."""
-    three = _tiny(tmp_path, classes=3, name="three.pt")
+    """The same checks as ``marginkit margins`` before any work: NaN logits, a missing file, a layer that
+    does not exist; each a one-line error naming the model, nothing written. The head's class count is
+    not checked (a 3-class model's layers may be analysed on 2 classes)."""
+    spec = ModelSpec("mlp", (2,), 2, hidden=3, depth=1)
+    bad = build_model(spec, seed=0)
+    with torch.no_grad():
+        bad.head.bias.fill_(float("nan"))
+    nan = save_checkpoint(tmp_path / "nan.pt", bad, spec, {})
     out = tmp_path / "o"
-    res = runner.invoke(app, ["bounds", "--out", str(out), "--model", f"wide={three}", *_BASE])
+    res = runner.invoke(app, ["bounds", "--out", str(out), "--model", f"broken={nan}", *_BASE])
     assert _clean_error(res), res.output
-    assert "'wide'" in res.output and "3 outputs" in res.output and "2 classes" in res.output
+    assert "'broken'" in res.output and "NaN" in res.output
     assert not out.exists()
+    three = _tiny(tmp_path, classes=3, name="three.pt")
+    res = runner.invoke(app, ["bounds", "--out", str(tmp_path / "w"), "--model", f"wide={three}", *_BASE,
+                              "--layers", "input,fc1"])
+    assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["bounds", "--out", str(out), "--model", f"gone={tmp_path / 'missing.pt'}", *_BASE])
     assert _clean_error(res) and "missing.pt" in res.output, res.output
     ok = _tiny(tmp_path)

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..checks import InputError
 from ..data import Dataset, load_dataset
-from ..models.validate import validate_model_for_dataset
+from ..models.validate import validate_model
 from ..results import library_versions
 from .specs import ModelRef, Options, _frozen_items, load_model_ref
 
@@ -26,7 +26,8 @@ class BoundsJob:
 
     ``models``: (name, model reference) pairs, the reference a path / ``module:factory`` string or a
     :class:`~marginkit.pipeline.ModelRef`; every model is loaded and checked on the data as ``marginkit
-    margins`` does (:func:`marginkit.models.validate_model_for_dataset`) before any work; ``demos``: demo-MLP training methods to train or reuse
+    margins`` does (:func:`marginkit.models.validate_model`; the head's class count is not checked: only
+    the layers before it matter) before any work; ``demos``: demo-MLP training methods to train or reuse
     (``hidden`` x ``depth``), with ``demo_params`` = {method: {key: value}}; ``per_class`` training
     points per class of ``dataset`` / ``classes`` are the graph's vertices; ``eps``: the radius grid;
     ``layers``: None for the input and every layer up to the penultimate; ``box``: keep perturbed points
@@ -82,8 +83,8 @@ class BoundsRun:
 
 def _models(job: BoundsJob, ds: Dataset) -> tuple[dict[str, nn.Module], dict[str, Any]]:
     """Load (or train) every model of ``job`` and check it on the training split of ``ds`` the way
-    :func:`marginkit.pipeline.run.prepare` does for margins: output and class count, input shape,
-    determinism, differentiability. Errors name the model (one line, ``InputError``)."""
+    :func:`marginkit.pipeline.run.prepare` does for margins (see :func:`_validate`). Errors name the model
+    (one line, ``InputError``)."""
     models: dict[str, nn.Module] = {}
     refs: dict[str, Any] = {}
     for name, ref in job.models:
@@ -110,10 +111,14 @@ def _models(job: BoundsJob, ds: Dataset) -> tuple[dict[str, nn.Module], dict[str
 
 
 def _validate(name: str, model: nn.Module, ds: Dataset, input_shape: Any, allow_stochastic: bool) -> None:
+    """:func:`marginkit.models.validate_model` on the training split, without the class-count rule: the
+    bounds concern the layers before the head, so a 10-class model's features may be analysed on 3 vs 7
+    (the paper's transfer-learning reading); input shape, finite outputs, determinism and tuple outputs
+    are checked as for margins."""
     model.eval()
+    x, _ = ds.split("train")
     try:
-        validate_model_for_dataset(model, ds, "train", expected_input_shape=input_shape,
-                                   allow_stochastic=allow_stochastic)
+        validate_model(model, x, None, expected_input_shape=input_shape, allow_stochastic=allow_stochastic)
     except InputError as exc:
         raise InputError(f"model {name!r}: {exc}") from exc
 
