@@ -13,6 +13,9 @@ eps_f(u, v) = min max(||delta||, ||delta'||) s.t. f(u + delta) = f(v + delta')  
   positive (last layer: only where both sides' duals are positive, the two sides share that pattern), until
   no ReLU flips or the budget stops decreasing. With l2 and no box the search runs in the row space of the
   first layer (appendix D.1), which is exact: components orthogonal to it change nothing but the norm.
+* the descent's cone programs of many pairs are solved together by :mod:`marginkit.bounds.batched`
+  (``engine="auto"``: l2 without a box; an exact active-set method whose answers carry a KKT
+  certificate, Clarabel for the rest), otherwise one Clarabel / cvxpy program at a time;
 * tiny ReLU networks: ``method="enumerate"`` solves the cone program of every activation polytope, the
   exact global minimum (ground truth for tests).
 
@@ -136,6 +139,16 @@ class _Geometry:
 
     @classmethod
     def build(cls, chain: FeatureChain, norm: Norm, bounds) -> "_Geometry":
+        """Built once per chain, norm and box and kept on the chain (the row basis of a 784-input first
+        layer is an eigendecomposition that would otherwise dominate a call on a few pairs)."""
+        cache = chain.__dict__.setdefault("_geometry_cache", {})
+        key = (norm, None if bounds is None else tuple(bounds))
+        if key not in cache:
+            cache[key] = cls._build(chain, norm, bounds)
+        return cache[key]
+
+    @classmethod
+    def _build(cls, chain: FeatureChain, norm: Norm, bounds) -> "_Geometry":
         mats = [st.dense() for st in chain.stages]
         reduce = None
         if norm is Norm.L2 and bounds is None and mats:
@@ -514,7 +527,7 @@ def find_collisions(chain: FeatureChain, u: np.ndarray | torch.Tensor, v: np.nda
                     solver: str = "CLARABEL", solver_opts: dict | None = None, max_iter: int = 50,
                     dual_tol: float = 1e-6, atol: float = 1e-6, rtol: float = 1e-6, return_delta: bool = False,
                     max_programs: int = 4096, progress: bool = False, direct: bool = True,
-                    stop_below: np.ndarray | None = None) -> CollisionResult:
+                    stop_below: np.ndarray | None = None, engine: str = "auto") -> CollisionResult:
     """Verified collisions f(u_i + delta_i) = f(v_i + delta'_i) for the pairs (u_i, v_i) (rows of u and v).
 
     ``method``: "auto" (closed form when it applies, else "descent"), "closed-form", "cone" (the affine
@@ -523,6 +536,10 @@ def find_collisions(chain: FeatureChain, u: np.ndarray | torch.Tensor, v: np.nda
     ``direct`` (default), l2 and Clarabel, each cone program goes to Clarabel without cvxpy (same program,
     same duals, a fraction of the overhead). ``stop_below`` (P,) ends pair i's descent as soon as a verified
     budget <= stop_below[i] is found (a caller that only needs to know whether eps_f <= some eps).
+    ``engine`` (descent only): "batched" runs all pairs' descents in lock step and solves each step's cone
+    programs together (:mod:`marginkit.bounds.batched`: an exact active-set solver in torch whose answers
+    are accepted only with a KKT certificate, Clarabel for the rest; l2, no box, Clarabel); "per-pair"
+    solves one program at a time; "auto" (default) takes "batched" wherever it applies.
     """
     t0 = time.perf_counter()
     norm = as_norm(norm)
@@ -575,6 +592,24 @@ def find_collisions(chain: FeatureChain, u: np.ndarray | torch.Tensor, v: np.nda
         stop_below = np.asarray(stop_below, dtype=np.float64).reshape(-1)
         if stop_below.shape != (P,):
             raise ValueError(f"stop_below must have shape ({P},), got {stop_below.shape}")
+    if engine not in ("auto", "batched", "per-pair"):
+        raise ValueError(f"unknown engine {engine!r}: use auto, batched or per-pair")
+    batched_ok = (method == "descent" and use_direct and bounds is None and geo.reduce is not None
+                  and any(st.relu for st in chain.stages) and (chain.stages[-1].relu or len(chain.stages) > 1))
+    if engine == "batched" and not batched_ok:
+        raise ValueError("engine='batched' needs method='descent', l2, no box, the Clarabel solver and a ReLU chain")
+    if batched_ok and engine != "per-pair":
+        from .batched import descent_batched
+
+        stops = np.full(P, -np.inf) if stop_below is None else stop_below
+        b, du, dv, iters, status, fallbacks = descent_batched(geo, u, v, max_iter=max_iter, dual_tol=dual_tol, atol=atol,
+                                                              rtol=rtol, stop=stops, fallback=prog,
+                                                              initial_patterns=_initial_patterns, norms=_norms,
+                                                              verify=verify_collisions)
+        settings.update(engine="batched", fallback_programs=int(fallbacks))
+        return CollisionResult(b, du if return_delta else None, dv if return_delta else None, iters, status,
+                               time.perf_counter() - t0, int(iters.sum()), settings)
+    settings["engine"] = "per-pair"
     rng = range(P)
     if progress:
         from tqdm.auto import tqdm

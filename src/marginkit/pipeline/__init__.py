@@ -56,3 +56,7 @@ __all__ = [
     "train_checkpoint",
     "verify_function",
 ]
+
+from .bounds import PresetModel, preset_trainer, run_bounds_preset  # noqa: E402
+
+__all__ += ["PresetModel", "preset_trainer", "run_bounds_preset"]
