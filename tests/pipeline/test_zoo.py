@@ -155,3 +155,45 @@ def test_test_points_are_shared_by_all_models():
     assert torch.equal(xa, xb) and torch.equal(ya, yb) and xa.shape[0] == 30
     xc, _ = zoo.zoo_test_points(a, 30, seed=4)
     assert not torch.equal(xa, xc)
+
+
+def test_zoo_margins_resume_by_chunk(trained, tmp_path, monkeypatch):
+    _, models = trained
+    whole = zoo.zoo_margins(models[0], split="train", n_points=30, cache_dir=tmp_path / "a", chunk=30)
+    calls = []
+    import marginkit.attacks as attacks
+
+    real = attacks.input_margin
+
+    def counting(*a, **k):
+        calls.append(a[1].shape[0])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(attacks, "input_margin", counting)
+    with pytest.raises(KeyboardInterrupt):
+        zoo.zoo_margins(models[0], split="train", n_points=30, cache_dir=tmp_path / "b", chunk=12)
+    monkeypatch.setattr(attacks, "input_margin", real)
+    resumed = zoo.zoo_margins(models[0], split="train", n_points=30, cache_dir=tmp_path / "b", chunk=12)
+    assert calls == [12, 12]
+    assert resumed.indices == whole.indices and len(resumed.margin) == 30
+    assert resumed.margin == pytest.approx(whole.margin, rel=1e-9)
+    assert resumed.logit_margin == pytest.approx(whole.logit_margin)
+    assert ((resumed.margin == 0) == ~resumed.correct).all()
+
+
+def test_pseudo_margin_zoo_table2_row(trained):
+    from marginkit.consistency import PseudoMarginConfig
+
+    _, models = trained
+    cfg = PseudoMarginConfig(hidden=(16, 16), epochs=20, patience=5, seed=0)
+    row = zoo.pseudo_margin_zoo(models[2], eps=0.3, n_eval=40, n_fit=120, config=cfg, n_resamples=50)
+    assert row.n_fit <= 120 and row.n_eval <= 40 and row.fit["n_val"] == round(0.2 * row.n_fit)
+    for part in (row.logit, row.pseudo):
+        assert -1 <= part["kendall_tau"] <= 1 and part["n"] == row.n_eval
+    again = zoo.pseudo_margin_zoo(models[2], eps=0.3, n_eval=40, n_fit=120, config=cfg, n_resamples=50)
+    assert again == row
+    # The logit-margin row uses the same points and margins as evaluate_zoo's tau.
+    met = evaluate_zoo(models[2:], n_points=40, eps=[0.3], n_resamples=50, pgd_steps=5)[0]
+    assert row.logit["kendall_tau"] == pytest.approx(met.tau)
