@@ -197,3 +197,17 @@ def test_pseudo_margin_zoo_table2_row(trained):
     # The logit-margin row uses the same points and margins as evaluate_zoo's tau.
     met = evaluate_zoo(models[2:], n_points=40, eps=[0.3], n_resamples=50, pgd_steps=5)[0]
     assert row.logit["kendall_tau"] == pytest.approx(met.tau)
+
+
+def test_entry_from_preset_matches_the_preset():
+    from marginkit.training.presets import get_preset
+
+    e = ZooEntry.from_preset("cpu-mnist-cnn-amr", seed=2, epochs=3)
+    p = get_preset("cpu-mnist-cnn-amr")
+    assert e.method == "amr" and dict(e.params) == p.method_params and e.arch == "cnn" and e.seed == 2
+    cfg = e.train_config()
+    assert (cfg.optimizer, cfg.lr, cfg.nesterov, cfg.batch_size, cfg.epochs) == ("sgd", 0.01, True, 128, 3)
+    spec = e.model_spec((1, 28, 28), 10)
+    assert spec.channels == (16, 32) and spec.hidden == 128
+    assert ZooEntry.from_preset("cpu-mnist-cnn-amr").epochs == 10
+    assert e.key() != ZooEntry.from_preset("cpu-mnist-cnn-amr", seed=2).key()

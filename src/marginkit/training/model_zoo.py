@@ -80,6 +80,20 @@ class ZooEntry:
         if not self.label:
             object.__setattr__(self, "label", self.default_label())
 
+    @classmethod
+    def from_preset(cls, name: str, *, seed: int = 0, epochs: int | None = None, dataset: str = "mnist5k",
+                    data_seed: int = 0) -> "ZooEntry":
+        """The model of training preset ``name`` (:mod:`marginkit.training.presets`: method, parameters,
+        architecture and optimiser), optionally with fewer ``epochs``; labelled by the preset name."""
+        from .presets import get_preset
+
+        p = get_preset(name)
+        train = {k: v for k, v in p.train.items() if k != "epochs"}
+        n_epochs = int(p.train["epochs"]) if epochs is None else int(epochs)
+        label = name if epochs is None else f"{name} ({n_epochs} ep)"
+        return cls(p.method, tuple(p.method_params.items()), arch=p.arch, dataset=dataset, seed=seed, epochs=n_epochs,
+                   label=label, spec=tuple(p.spec.items()), train=tuple(train.items()), data_seed=data_seed)
+
     def default_label(self) -> str:
         p = dict(self.params)
         bits = [self.method if self.method != "pgd" else f"pgd-{p.get('norm', 'l2')}"]
