@@ -269,7 +269,7 @@ def main() -> int:
             f"the split has fewer here) with 20% held out; scored on the same {n} test points (correct ones). "
             f"Detection at eps {detect:g}.")
         add("")
-        hdr = ["model", "seed", "score", "n fit", "tau [95% CI]", "AUROC", "AUPR", "FPR@95"]
+        hdr = ["model", "seed", "score", "n fit", "tau [95% CI]", "AUROC", "AUPR", "FPR@95", "tau gain [paired 95% CI]"]
         add("| " + " | ".join(hdr) + " |")
         add("|" + "---|" * len(hdr))
         for m in ranked[: args.pseudo]:
@@ -281,8 +281,12 @@ def main() -> int:
                 tau_s = "n/a" if part.get("kendall_tau") is None else (
                     f"{part['kendall_tau']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci[0] is not None else f"{part['kendall_tau']:.3f}")
                 det = lambda v: "n/a" if v is None else f"{100 * v:.1f}"  # noqa: E731
+                gain = ""
+                if name == "pseudo-margin" and row.tau_gain is not None:
+                    g_ci = row.tau_gain_ci
+                    gain = f"{row.tau_gain:+.3f}" + (f" [{g_ci[0]:+.3f}, {g_ci[1]:+.3f}]" if g_ci[0] is not None else "")
                 add(f"| {m.label} | {m.entry.seed} | {name} | {row.n_fit} | {tau_s} | {det(part.get('auroc'))} | "
-                    f"{det(part.get('aupr'))} | {det(part.get('fpr_at_95_tpr'))} |")
+                    f"{det(part.get('aupr'))} | {det(part.get('fpr_at_95_tpr'))} | {gain} |")
         add("")
         add("Paper (Table 2): DI0 tau 0.28 -> 0.57, AUROC 67.49 -> 88.49; XU80 tau 0.43 -> 0.62, AUROC 83.30 -> 93.66.")
         add("")

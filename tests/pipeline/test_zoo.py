@@ -192,6 +192,8 @@ def test_pseudo_margin_zoo_table2_row(trained):
     assert row.n_fit <= 120 and row.n_eval <= 40 and row.fit["n_val"] == round(0.2 * row.n_fit)
     for part in (row.logit, row.pseudo):
         assert -1 <= part["kendall_tau"] <= 1 and part["n"] == row.n_eval
+    assert row.tau_gain == pytest.approx(row.pseudo["kendall_tau"] - row.logit["kendall_tau"])
+    assert row.tau_gain_ci[0] <= row.tau_gain <= row.tau_gain_ci[1]
     again = zoo.pseudo_margin_zoo(models[2], eps=0.3, n_eval=40, n_fit=120, config=cfg, n_resamples=50)
     assert again == row
     # The logit-margin row uses the same points and margins as evaluate_zoo's tau.
