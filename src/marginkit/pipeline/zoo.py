@@ -29,7 +29,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -132,8 +132,6 @@ def train_zoo(entries: Sequence[ZooEntry], cache_dir: Path | str, *, executor: E
         raise ValueError("entries contain the same settings twice; each model of a zoo must be distinct")
     cfg = executor if executor is not None else ExecutorConfig(executor="local", progress=progress)
     if executor is not None and executor.progress != progress:
-        from dataclasses import replace
-
         cfg = replace(executor, progress=progress)
     tasks = [_TrainTask(e, os.fspath(cache)) for e in entries]
     return run_many(tasks, config=cfg, done=lambda i: _stored(entries[i], cache), desc="zoo models",
@@ -342,8 +340,8 @@ def evaluate_zoo(models: Sequence[ZooModel], *, n_points: int, eps: Sequence[flo
         folder = Path(cache_dir) if cache_dir is not None else Path(m.path).parent
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{m.entry.key()}.eval-{tag}.json"
-        if path.exists():
-            out.append(ZooMetrics.from_dict(read_json(path), m.entry))
+        if path.exists():  # the label is display only (not part of the key): take the entry's current one
+            out.append(replace(ZooMetrics.from_dict(read_json(path), m.entry), label=m.entry.label))
         else:
             met = _evaluate_one(m, settings, cache_dir)
             write_json(path, met.to_dict())
