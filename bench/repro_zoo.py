@@ -221,7 +221,7 @@ def main() -> int:
             matplotlib.use("Agg")
             import matplotlib.pyplot as plt
 
-            fig, ax = plt.subplots(figsize=(5.5, 4))
+            fig, ax = plt.subplots(figsize=(8, 4.5))
             labels_sorted = sorted(by_label)
             cmap = plt.get_cmap("tab10")
             for i, lab in enumerate(labels_sorted):
@@ -232,7 +232,7 @@ def main() -> int:
             ax.set_xlabel(f"robust accuracy from input margins at l2 eps {detect:g} (%)")
             ax.set_ylabel("Kendall tau (logit vs input margin)")
             ax.set_title(f"{dataset}, {len(mets)} models")
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
             fig.tight_layout()
             os.makedirs(os.path.dirname(fig_path) or ".", exist_ok=True)
             fig.savefig(fig_path, dpi=110)
