@@ -78,6 +78,7 @@ def main() -> int:
     ap.add_argument("--out", default=None, help="Markdown report (default bench/repro_zoo.md for quick/full)")
     ap.add_argument("--figure", default=None, help="Fig. 4 analogue (PNG; default next to --out)")
     ap.add_argument("--train-only", action="store_true")
+    ap.add_argument("--only-cached", action="store_true", help="report on the models already trained, train none")
     args = ap.parse_args()
 
     from marginkit.consistency import PseudoMarginConfig
@@ -97,6 +98,10 @@ def main() -> int:
     if args.seeds:
         seeds = {int(s) for s in args.seeds.split(",")}
         entries = [e for e in entries if e.seed in seeds]
+    if args.only_cached:
+        entries = [e for e in entries if os.path.exists(os.path.join(cache, f"{e.key()}.pt"))]
+        if not entries:
+            raise SystemExit(f"no trained model of this selection in {cache}")
     dataset = entries[0].dataset
     eps = [float(e) for e in args.eps.split(",")] if args.eps else ([0.25, 0.5, 1.0] if dataset == "digits" else [0.5, 1.0, 1.5, 2.0])
     detect = args.detect_eps if args.detect_eps is not None else (0.5 if dataset == "digits" else 1.0)
