@@ -19,7 +19,7 @@ import pytest
 from marginkit.pipeline import reproduce as rp
 from marginkit.report.reproduce import write_reproduction_report
 
-CHEAP = ["ablation", "fisher", "zoo"]
+CHEAP = ["ablation", "fisher", "zoo", "table1"]
 
 
 # ---------------------------------------------------------------------------------------------- a fake zoo
@@ -35,7 +35,12 @@ class FakeEntry:
     label: str = ""
 
     def key(self) -> str:
-        return f"{self.method}-{self.seed}"
+        return f"{self.method}-{self.seed}-{self.arch}-{self.epochs}"
+
+    @classmethod
+    def from_preset(cls, name, *, seed=0, epochs=None, dataset="mnist5k"):
+        arch, meth = name.split("-")[2:4]
+        return cls({"std": "standard"}.get(meth, meth), seed, epochs or 1, arch, dataset, f"{name} ({epochs} ep)")
 
 
 @dataclass(frozen=True)
@@ -65,9 +70,10 @@ class FakeZoo:
 
     def __init__(self) -> None:
         self.trained: list[str] = []
+        self.pseudo_fits: list[str] = []
 
     def entries(self, scale: str) -> list[FakeEntry]:
-        assert scale == "tiny"
+        assert scale in ("tiny", "quick")
         return [FakeEntry(m, s, label=m.upper()) for m in ("standard", "amr", "mma") for s in (0, 1)]
 
     def train(self, entries, cache_dir, *, executor=None, progress=False):
@@ -81,21 +87,38 @@ class FakeZoo:
             out.append(FakeModel(e, p, 0.1, cached))
         return out
 
-    def evaluate(self, models, *, n_points, eps, norm="l2", seed=0, cache_dir=None, progress=False):
+    def evaluate(self, models, *, n_points, eps, norm="l2", seed=0, cache_dir=None, progress=False, detection_eps=None,
+                 pgd_steps=50, n_resamples=1000):
         res = []
         for m in models:
             e = m.entry
-            base = {"standard": 0.8, "amr": 0.75, "mma": 0.3}[e.method] + 0.01 * e.seed
-            ra = {float(x): max(0.0, 0.9 - 0.3 * x - (0.0 if e.method == "standard" else -0.1)) for x in eps}
+            base = {"standard": 0.8, "amr": 0.75, "lcr": 0.7, "mma": 0.3}[e.method] + 0.01 * e.seed
+            ra = {float(x): max(0.0, 0.9 - 0.3 * x + 0.1 * (e.method == "amr") + 0.02 * e.seed) for x in eps}
             res.append(FakeMetrics(e, n_points, 0.9, ra, {k: v + 0.01 for k, v in ra.items()}, base,
                                    (base - 0.05, base + 0.05), 0.95, float(eps[0])))
         return res
+
+    def pseudo(self, model, *, eps, n_eval, n_fit, seed=0, cache_dir=None, progress=False):
+        self.pseudo_fits.append(model.entry.key())
+        return FakePseudo({"kendall_tau": 0.3, "tau_ci": [0.2, 0.4]}, {"kendall_tau": 0.6, "tau_ci": [0.5, 0.7]},
+                          n_fit, n_eval, {"hidden": [512] * 5})
+
+
+@dataclass(frozen=True)
+class FakePseudo:
+    logit: dict
+    pseudo: dict
+    n_fit: int
+    n_eval: int
+    config: dict
 
 
 @pytest.fixture
 def fake_zoo(monkeypatch):
     zoo = FakeZoo()
-    monkeypatch.setattr(rp, "_zoo_api", lambda: (zoo.entries, zoo.train, zoo.evaluate))
+    monkeypatch.setattr(rp, "_zoo_api", lambda: {"ZooEntry": FakeEntry, "zoo_entries": zoo.entries,
+                                                 "train_zoo": zoo.train, "evaluate_zoo": zoo.evaluate,
+                                                 "pseudo_margin_zoo": zoo.pseudo})
     return zoo
 
 
@@ -161,8 +184,8 @@ def test_studies_are_data_with_every_scale():
 def test_tiny_run_stores_each_study_and_a_rerun_does_no_work(tmp_path, fake_zoo, counted):
     run = rp.run_reproduction(["all"], out=tmp_path, scale="tiny", only=CHEAP)
     assert run.ran == CHEAP and run.reused == [] and not run.unavailable
-    assert counted == {"ablation": 1, "fisher": 1, "zoo": 1}
-    assert len(fake_zoo.trained) == 6
+    assert counted == {"ablation": 1, "fisher": 1, "zoo": 1, "table1": 1}
+    assert len(fake_zoo.trained) == 8  # the zoo (6), then the LCR pair of Table 1: the fake keys make std/amr shared
     for name in CHEAP:
         d = json.loads((tmp_path / "studies" / f"{name}.json").read_text())
         assert d["scale"] == "tiny" and d["measurements"] and d["command"].startswith("marginkit reproduce ")
@@ -175,15 +198,18 @@ def test_tiny_run_stores_each_study_and_a_rerun_does_no_work(tmp_path, fake_zoo,
     taus = [m for m in by["zoo"].measurements if "Kendall tau" in m.quantity]
     assert [m.verdict for m in taus] == ["confirmed", "confirmed", "context"]  # 0.8 / 0.75 > 0.68; MMA: context
     assert taus[0].seeds == 2 and taus[0].ci_kind == "t over seeds"
-    assert any(m.quantity.startswith("AMR minus standard") for m in by["zoo"].measurements)
+    t1 = {m.quantity: m for m in by["table1"].measurements}
+    amr = t1["MLP: PGD robust accuracy AMR minus STD at eps 1"]
+    assert math.isclose(amr.value, 10.0) and amr.verdict == "confirmed" and amr.seeds == 2
+    assert all(m.ci_kind in ("paired t over seeds", "t over seeds") for m in t1.values())
     stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "studies").glob("*.json")}
     sittings = json.loads((tmp_path / "run.json").read_text())["sittings"]
     assert len(sittings) == 1 and sittings[0]["ran"] == CHEAP
 
     again = rp.run_reproduction(["all"], out=tmp_path, scale="tiny", only=CHEAP)
     assert again.ran == [] and again.reused == CHEAP
-    assert counted == {"ablation": 1, "fisher": 1, "zoo": 1}  # nothing ran twice
-    assert len(fake_zoo.trained) == 6
+    assert counted == {"ablation": 1, "fisher": 1, "zoo": 1, "table1": 1}  # nothing ran twice
+    assert len(fake_zoo.trained) == 8
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "studies").glob("*.json")} == stamps
     info = json.loads((tmp_path / "run.json").read_text())
     assert len(info["sittings"]) == 2 and math.isclose(info["total_seconds"],
@@ -205,11 +231,21 @@ def test_interrupted_run_resumes_where_it_stopped(tmp_path, fake_zoo, counted, m
     assert sorted(p.stem for p in (tmp_path / "studies").glob("*.json")) == ["ablation", "fisher"]
     monkeypatch.setitem(rp._RUNNERS, "zoo", real)
     run = rp.run_reproduction(["all"], out=tmp_path, scale="tiny", only=CHEAP)
-    assert run.ran == ["zoo"] and run.reused == ["ablation", "fisher"]
+    assert run.ran == ["zoo", "table1"] and run.reused == ["ablation", "fisher"]
     assert counted["ablation"] == 1 and counted["fisher"] == 1
     # force reruns
     forced = rp.run_reproduction(["dynamics"], out=tmp_path, scale="tiny", only=["fisher"], force=True)
     assert forced.ran == ["fisher"] and counted["fisher"] == 2
+
+
+def test_quick_zoo_fits_the_pseudo_margin_on_the_least_consistent_model(tmp_path, fake_zoo):
+    st = next(s for s in rp.STUDIES if s.name == "zoo")
+    res = rp.run_study(st, "quick", tmp_path)
+    assert len(fake_zoo.pseudo_fits) == 1 and fake_zoo.pseudo_fits[0].startswith("mma-0")
+    (t2,) = [m for m in res.measurements if "Table 2" in m.quantity]
+    assert math.isclose(t2.value, 0.3) and t2.ci == pytest.approx((0.1, 0.5)) and t2.verdict == "confirmed"
+    fig8 = [m for m in res.measurements if "Fig. 8" in m.quantity]
+    assert len(fig8) == 3 and all(math.isclose(m.value, 1.0) and m.verdict == "confirmed" for m in fig8)
 
 
 def test_a_folder_of_another_scale_or_settings_is_refused(tmp_path, fake_zoo):

@@ -526,14 +526,16 @@ def _run_algorithm1(s: Mapping[str, Any], ctx: _Context) -> StudyResult:
 # ---- consistency: the model zoo -------------------------------------------------------------------
 
 
-def _zoo_api() -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
-    """(zoo_entries, train_zoo, evaluate_zoo) of the model zoo (training.model_zoo, pipeline.zoo)."""
+def _zoo_api() -> dict[str, Any]:
+    """The model zoo's parts (training.model_zoo, pipeline.zoo): ``ZooEntry``, ``zoo_entries``, ``train_zoo``,
+    ``evaluate_zoo``, ``pseudo_margin_zoo``."""
     try:
-        from ..training.model_zoo import zoo_entries
-        from .zoo import evaluate_zoo, train_zoo
+        from ..training.model_zoo import ZooEntry, zoo_entries
+        from .zoo import evaluate_zoo, pseudo_margin_zoo, train_zoo
     except ImportError as exc:
         raise StudyUnavailable(f"the model zoo is not available in this installation ({exc})") from exc
-    return zoo_entries, train_zoo, evaluate_zoo
+    return {"ZooEntry": ZooEntry, "zoo_entries": zoo_entries, "train_zoo": train_zoo, "evaluate_zoo": evaluate_zoo,
+            "pseudo_margin_zoo": pseudo_margin_zoo}
 
 
 # The paper's Table 1 of the margin-consistency paper: Kendall tau of 32 adversarially trained CIFAR models.
@@ -542,91 +544,176 @@ _TAU_STRONG = Claim("greater", "0.68-0.85 for 30 of 32 adversarially trained mod
 _TAU_WEAK = Claim("none", "DI0 (MMA) 0.28, XU80 0.43: the two weakly consistent models", "Ngnawe et al., Table 1, 2")
 _FIG8 = Claim("within", "mean |diff| 1.3, max 6.1 points (CIFAR10, AutoAttack vs margins)", "Ngnawe et al., sec. 3.1, Fig. 8",
               low=-6.1, high=6.1)
-# Wu & Yu Table 1 (MNIST MLP, l2 PGD robust accuracy at eps 1.0): Std 49.23, LCR 80.62, AMR 81.01.
-_AMR_STD = Claim("greater", "AMR 81.01 vs Std 49.23 at eps 1.0 (MNIST MLP)", "Wu & Yu, Table 1")
-
-
-def _metric(m: Any, name: str) -> Any:
-    return m.get(name) if isinstance(m, Mapping) else getattr(m, name)
+_TABLE2 = Claim("greater", "pseudo-margin raises tau: DI0 0.28 -> 0.57, XU80 0.43 -> 0.62", "Ngnawe et al., Table 2")
 
 
 def _at(d: Any, eps: float) -> float:
     """The value at ``eps`` of a {eps: value} map (keys may have become strings through JSON)."""
     for k, v in dict(d).items():
         if abs(float(k) - eps) < 1e-9:
-            return float(v)
+            return _num(v)
     return float("nan")
 
 
-def _run_zoo(s: Mapping[str, Any], ctx: _Context) -> StudyResult:
-    zoo_entries, train_zoo, evaluate_zoo = _zoo_api()
-    entries = zoo_entries(s["zoo_scale"])
-    cache = ctx.cache("zoo", "models")
-    models = train_zoo(entries, cache, executor=ctx.executor, progress=ctx.progress)
-    metrics = evaluate_zoo(models, n_points=s["n_points"], eps=tuple(s["eps"]), norm="l2", seed=0, cache_dir=cache,
-                           progress=ctx.progress)
+def _zoo_rows(metrics: Sequence[Any]) -> list[dict[str, Any]]:
+    """Plain rows of :class:`marginkit.pipeline.zoo.ZooMetrics` (JSON-able; missing metrics as NaN)."""
     rows = []
     for zm in metrics:
-        e = _metric(zm, "entry")
-        rows.append({"label": _metric(e, "label") or _metric(e, "method"), "method": _metric(e, "method"),
-                     "seed": _metric(e, "seed"), "epochs": _metric(e, "epochs"), "dataset": _metric(e, "dataset"),
-                     "arch": _metric(e, "arch"), "n": int(_metric(zm, "n")), "accuracy": float(_metric(zm, "accuracy")),
-                     "tau": float(_metric(zm, "tau")), "tau_ci": [float(v) for v in _metric(zm, "tau_ci")],
-                     "auroc": float(_metric(zm, "auroc")), "eps": float(_metric(zm, "eps")),
-                     "ra_margin": {float(k): float(v) for k, v in dict(_metric(zm, "robust_acc_margin")).items()},
-                     "ra_pgd": {float(k): float(v) for k, v in dict(_metric(zm, "robust_acc_pgd")).items()}})
+        e = zm.entry
+        rows.append({"label": e.label or e.method, "method": e.method, "seed": e.seed, "epochs": e.epochs,
+                     "dataset": e.dataset, "arch": e.arch, "key": e.key(), "n": int(zm.n),
+                     "accuracy": float(zm.accuracy), "tau": _num(zm.tau), "tau_ci": [_num(v) for v in zm.tau_ci],
+                     "auroc": _num(zm.auroc), "eps": float(zm.eps),
+                     "ra_margin": {float(k): float(v) for k, v in dict(zm.robust_acc_margin).items()},
+                     "ra_pgd": {float(k): float(v) for k, v in dict(zm.robust_acc_pgd).items()}})
+    return rows
+
+
+def _over_seeds(values: Sequence[float], single_ci: tuple[float, float] | None, single_kind: str
+                ) -> tuple[float, tuple[float, float] | None, str]:
+    """Mean with a t CI over seeds; with one seed, the value with ``single_ci``."""
+    if len(values) > 1:
+        m, ci = t_ci(values)
+        return m, ci, "t over seeds"
+    return float(values[0]), single_ci, single_kind
+
+
+def _run_zoo(s: Mapping[str, Any], ctx: _Context) -> StudyResult:
+    api = _zoo_api()
+    entries = api["zoo_entries"](s["zoo_scale"])
+    cache = ctx.cache("zoo", "models")
+    models = api["train_zoo"](entries, cache, executor=ctx.executor, progress=ctx.progress)
+    eps_c = float(s["check_eps"])
+    metrics = api["evaluate_zoo"](models, n_points=s["n_points"], eps=tuple(s["eps"]), norm="l2", seed=0,
+                                  cache_dir=cache, progress=ctx.progress, detection_eps=eps_c,
+                                  pgd_steps=s["pgd_steps"], n_resamples=s["resamples"])
+    rows = _zoo_rows(metrics)
     labels = list(dict.fromkeys(r["label"] for r in rows))
     ms = []
-    eps_c = float(s["check_eps"])
     for lab in labels:
         group = [r for r in rows if r["label"] == lab]
-        setting = (f"{group[0]['arch']} on {group[0]['dataset']}, {group[0]['epochs']} epochs, {group[0]['n']} test points, "
-                   f"l2 engine margins")
-        if len(group) > 1:
-            m, ci = t_ci([r["tau"] for r in group])
-            kind = "t over seeds"
-        else:
-            m, ci, kind = group[0]["tau"], tuple(group[0]["tau_ci"]), "bootstrap over points"
-        weak = group[0]["method"] == "mma"
-        ms.append(measure(f"{lab}: Kendall tau (logit margin vs input margin)", m, ci, _TAU_WEAK if weak else _TAU_STRONG,
-                          ci_kind=kind, n=f"{group[0]['n']} points", seeds=len(group), setting=setting))
+        g0 = group[0]
+        setting = (f"{g0['arch']} on {g0['dataset']}, {g0['epochs']} epochs, {g0['n']} test points, l2 engine margins, "
+                   f"PGD {s['pgd_steps']} steps")
+        taus = [r["tau"] for r in group if math.isfinite(r["tau"])]
+        if taus:
+            ci1 = tuple(g0["tau_ci"]) if all(math.isfinite(v) for v in g0["tau_ci"]) else None
+            m, ci, kind = _over_seeds(taus, ci1, "bootstrap over points")
+            ms.append(measure(f"{lab}: Kendall tau (logit margin vs input margin)", m, ci,
+                              _TAU_WEAK if g0["method"] == "mma" else _TAU_STRONG, ci_kind=kind,
+                              n=f"{g0['n']} points", seeds=len(taus), setting=setting))
         diffs = [100 * (_at(r["ra_pgd"], eps_c) - _at(r["ra_margin"], eps_c)) for r in group]
-        if len(group) > 1:
-            m, ci = t_ci(diffs)
-            kind = "t over seeds"
-        else:  # one model: binomial SEs of both shares added (conservative for positively correlated shares)
-            r = group[0]
-            p1, p2 = _at(r["ra_pgd"], eps_c), _at(r["ra_margin"], eps_c)
-            se = 100 * math.sqrt((p1 * (1 - p1) + p2 * (1 - p2)) / max(r["n"], 1))
-            m, ci, kind = diffs[0], (diffs[0] - 1.96 * se, diffs[0] + 1.96 * se), "normal, unpaired binomial SEs"
-        ms.append(measure(f"{lab}: PGD robust accuracy minus margin robust accuracy at eps {eps_c:g} (Fig. 8 check)",
-                          m, ci, _FIG8, ci_kind=kind, n=f"{group[0]['n']} points", seeds=len(group), setting=setting,
-                          unit="points"))
-    by_method: dict[str, dict[int, float]] = {}
-    for r in rows:
-        by_method.setdefault(r["method"], {})[r["seed"]] = _at(r["ra_pgd"], 1.0)
-    if "amr" in by_method and "standard" in by_method:
-        common = sorted(set(by_method["amr"]) & set(by_method["standard"]))
-        d = [100 * (by_method["amr"][sd] - by_method["standard"][sd]) for sd in common]
-        m, ci = t_ci(d)
-        ms.append(measure("AMR minus standard: PGD robust accuracy at l2 eps 1.0", m, ci, _AMR_STD,
-                          ci_kind="paired t over seeds", n=f"{rows[0]['n']} points", seeds=len(common),
-                          setting="zoo settings (fewer epochs than the paper's 200)", unit="points"))
-    taus = [m_ for m_ in ms if "Kendall tau" in m_.quantity]
-    tau_fig = {"kind": "errorbars", "name": "zoo-tau", "title": "Kendall tau per model (Fig. 4 / Table 1 analogue)",
-               "ylabel": "Kendall tau", "labels": [m_.quantity.split(":")[0] for m_ in taus],
-               "values": [m_.value for m_ in taus], "lo": [m_.ci[0] if m_.ci else m_.value for m_ in taus],
-               "hi": [m_.ci[1] if m_.ci else m_.value for m_ in taus], "hline": 0.68}
+        p1, p2 = _at(g0["ra_pgd"], eps_c), _at(g0["ra_margin"], eps_c)
+        se = 100 * math.sqrt((p1 * (1 - p1) + p2 * (1 - p2)) / max(g0["n"], 1))
+        m, ci, kind = _over_seeds(diffs, (diffs[0] - 1.96 * se, diffs[0] + 1.96 * se), "normal, unpaired binomial SEs")
+        ms.append(measure(f"{lab}: PGD minus margin robust accuracy at eps {eps_c:g} (Fig. 8 check)", m, ci, _FIG8,
+                          ci_kind=kind, n=f"{g0['n']} points", seeds=len(group), setting=setting, unit="points"))
+    pseudo = []
+    if s.get("pseudo", 0) > 0:  # Table 2: the least consistent labels, their first seed
+        mean_tau = {lab: np.nanmean([r["tau"] for r in rows if r["label"] == lab]) for lab in labels}
+        worst = sorted((lab for lab in labels if math.isfinite(mean_tau[lab])), key=lambda k: mean_tau[k])[: s["pseudo"]]
+        for lab in worst:
+            model = next(m for m in models if (m.entry.label or m.entry.method) == lab)
+            pm = api["pseudo_margin_zoo"](model, eps=eps_c, n_eval=s["n_points"], n_fit=s["pseudo_fit"], seed=0,
+                                          cache_dir=cache, progress=ctx.progress)
+            lt, pt = _num(pm.logit["kendall_tau"]), _num(pm.pseudo["kendall_tau"])
+            lci = [_num(v) for v in pm.logit["tau_ci"]]
+            pci = [_num(v) for v in pm.pseudo["tau_ci"]]
+            pseudo.append({"label": lab, "logit_tau": lt, "pseudo_tau": pt, "logit_ci": lci, "pseudo_ci": pci,
+                           "n_fit": pm.n_fit, "n_eval": pm.n_eval, "config": pm.config})
+            ci = (pci[0] - lci[1], pci[1] - lci[0]) if all(math.isfinite(v) for v in lci + pci) else None
+            ms.append(measure(f"{lab}: pseudo-margin tau minus logit-margin tau ({lt:.3f} -> {pt:.3f}) (Table 2)", pt - lt,
+                              ci, _TABLE2, ci_kind="from the two 95% bootstrap CIs (coverage >= 90%)",
+                              n=f"{pm.n_eval} test points, fitted on {pm.n_fit}", seeds=1,
+                              setting=f"appendix B.4 network {pm.config.get('hidden')}, 20% held out, "
+                                      f"{pm.n_fit} training points (paper: 5000)"))
+    taus_m = [m_ for m_ in ms if "Kendall tau" in m_.quantity]
+    tau_fig = {"kind": "errorbars", "name": "zoo-tau", "title": "Kendall tau per model (Table 1 analogue)",
+               "ylabel": "Kendall tau", "labels": [m_.quantity.split(":")[0] for m_ in taus_m],
+               "values": [m_.value for m_ in taus_m], "lo": [m_.ci[0] if m_.ci else m_.value for m_ in taus_m],
+               "hi": [m_.ci[1] if m_.ci else m_.value for m_ in taus_m], "hline": 0.68}
+    scatter = {"kind": "lines", "name": "zoo-tau-vs-robust", "title": "tau against robust accuracy (Fig. 4)",
+               "xlabel": f"robust accuracy from margins at eps {eps_c:g}", "ylabel": "Kendall tau", "markers_only": True,
+               "series": [{"label": lab, "x": [_at(r["ra_margin"], eps_c) for r in rows if r["label"] == lab],
+                           "y": [r["tau"] for r in rows if r["label"] == lab]} for lab in labels]}
     series: list[dict[str, Any]] = []
     for lab in labels:
         r = [r for r in rows if r["label"] == lab][0]
         ks = sorted(r["ra_margin"])
         series.append({"label": f"{lab} margins", "x": ks, "y": [r["ra_margin"][k] for k in ks]})
-        kp = sorted(r["ra_pgd"])
-        series.append({"label": f"{lab} PGD", "x": kp, "y": [r["ra_pgd"][k] for k in kp], "dashed": True})
+        series.append({"label": f"{lab} PGD", "x": ks, "y": [_at(r["ra_pgd"], k) for k in ks], "dashed": True})
     ra_fig = {"kind": "lines", "name": "zoo-robust-accuracy", "title": "robust accuracy from margins and from PGD (Fig. 8)",
               "xlabel": "l2 eps", "ylabel": "robust accuracy (first seed)", "series": series}
-    return _result(s, ms, [tau_fig, ra_fig], data={"rows": rows})
+    return _result(s, ms, [tau_fig, scatter, ra_fig], data={"rows": rows, "pseudo": pseudo})
+
+
+# ---- dynamics: Table 1 of the min-vs-average margin paper -----------------------------------------
+
+# Wu & Yu, Table 1 (MNIST): clean, l2 PGD robust accuracy at eps 0.5 / 1 / 1.5 / 2 (1000 PGD iterations).
+_T1_PAPER = {
+    ("mlp", "std"): (98.24, 89.26, 49.23, 15.78, 5.06), ("mlp", "lcr"): (95.99, 91.12, 80.62, 60.56, 34.07),
+    ("mlp", "amr"): (96.01, 91.18, 81.01, 62.93, 38.44), ("cnn", "std"): (99.14, 95.95, 90.48, 88.72, 87.52),
+    ("cnn", "lcr"): (99.29, 97.21, 87.83, 58.30, 26.96), ("cnn", "amr"): (99.25, 97.90, 97.60, 97.51, 97.33),
+}
+_T1_EPS = (0.5, 1.0, 1.5, 2.0)
+_MASKING = Claim("within", "1000-iteration PGD 'serves as a good approximation of robust accuracy'", "Wu & Yu, sec. 5.3",
+                 low=-5.0, high=5.0)
+
+
+def _run_table1(s: Mapping[str, Any], ctx: _Context) -> StudyResult:
+    api = _zoo_api()
+    entries, which = [], []
+    for arch, epochs in dict(s["archs"]).items():
+        for meth in ("std", "lcr", "amr"):
+            for sd in s["seeds"]:
+                entries.append(api["ZooEntry"].from_preset(f"cpu-mnist-{arch}-{meth}", seed=sd, epochs=epochs,
+                                                           dataset=s["dataset"]))
+                which.append((arch, meth))
+    cache = ctx.cache("zoo", "models")
+    models = api["train_zoo"](entries, cache, executor=ctx.executor, progress=ctx.progress)
+    metrics = api["evaluate_zoo"](models, n_points=s["n_points"], eps=_T1_EPS, norm="l2", seed=0, cache_dir=cache,
+                                  progress=ctx.progress, detection_eps=1.0, pgd_steps=s["pgd_steps"],
+                                  n_resamples=s["resamples"])
+    rows = _zoo_rows(metrics)
+    for r, (arch, meth) in zip(rows, which):  # evaluate_zoo keeps the order of the entries
+        r["arch_key"], r["meth"] = arch, meth
+    ms = []
+
+    def ra(arch: str, meth: str, eps: float, which: str = "ra_pgd") -> dict[int, float]:
+        return {r["seed"]: 100 * _at(r[which], eps) for r in rows if r["arch_key"] == arch and r["meth"] == meth}
+
+    for arch, epochs in dict(s["archs"]).items():
+        setting = (f"cpu-mnist-{arch}-* presets for {epochs} epochs (paper: 200) on {s['dataset']}, {s['n_points']} test "
+                   f"points, PGD {s['pgd_steps']} steps (paper: 1000)")
+        p = {m: _T1_PAPER[(arch, m)] for m in ("std", "lcr", "amr")}
+        for a, b, eps, text in (("amr", "std", 1.0, "AMR above Std"), ("amr", "lcr", 2.0, "AMR above LCR at large eps")):
+            ra_a, ra_b = ra(arch, a, eps), ra(arch, b, eps)
+            common = sorted(set(ra_a) & set(ra_b))
+            m, ci = t_ci([ra_a[sd] - ra_b[sd] for sd in common])
+            i = _T1_EPS.index(eps) + 1
+            claim = Claim("greater", f"{text}: {p[a][i]} vs {p[b][i]} at eps {eps:g} ({arch.upper()})", "Wu & Yu, Table 1")
+            ms.append(measure(f"{arch.upper()}: PGD robust accuracy {a.upper()} minus {b.upper()} at eps {eps:g}", m, ci,
+                              claim, ci_kind="paired t over seeds", n=f"{s['n_points']} points", seeds=len(common),
+                              setting=setting, unit="points"))
+        for meth in ("std", "lcr", "amr"):
+            pg, mg = ra(arch, meth, 2.0), ra(arch, meth, 2.0, "ra_margin")
+            m, ci = t_ci([pg[sd] - mg[sd] for sd in sorted(pg)])
+            ms.append(measure(f"{arch.upper()} {meth.upper()}: PGD minus margin robust accuracy at eps 2 "
+                              f"(paper's PGD: {p[meth][4]})", m, ci, _MASKING, ci_kind="t over seeds",
+                              n=f"{s['n_points']} points", seeds=len(pg), setting=setting, unit="points"))
+    figs = []
+    for arch in dict(s["archs"]):
+        series: list[dict[str, Any]] = []
+        for meth in ("std", "lcr", "amr"):
+            series.append({"label": f"{meth.upper()} PGD (ours, mean)", "x": list(_T1_EPS),
+                           "y": [float(np.mean(list(ra(arch, meth, e).values()))) for e in _T1_EPS]})
+            series.append({"label": f"{meth.upper()} margins (ours, mean)", "x": list(_T1_EPS), "dashed": True,
+                           "y": [float(np.mean(list(ra(arch, meth, e, "ra_margin").values()))) for e in _T1_EPS]})
+            series.append({"label": f"{meth.upper()} paper", "x": list(_T1_EPS), "y": list(_T1_PAPER[(arch, meth)][1:]),
+                           "dotted": True})
+        figs.append({"kind": "lines", "name": f"table1-{arch}", "title": f"Table 1, MNIST {arch.upper()}: robust accuracy",
+                     "xlabel": "l2 eps", "ylabel": "robust accuracy %", "series": series})
+    return _result(s, ms, figs, data={"rows": rows, "paper": {f"{k[0]}-{k[1]}": v for k, v in _T1_PAPER.items()}})
 
 
 # ---- bounds: the fixed-feature-extractor presets --------------------------------------------------
@@ -711,7 +798,7 @@ def _run_bounds(s: Mapping[str, Any], ctx: _Context) -> StudyResult:
 
 _RUNNERS: dict[str, Callable[[Mapping[str, Any], _Context], StudyResult]] = {
     "theorem3": _run_theorem3, "fixedset": _run_fixedset, "ablation": _run_ablation, "fisher": _run_fisher,
-    "algorithm1": _run_algorithm1, "zoo": _run_zoo, "bounds": _run_bounds,
+    "algorithm1": _run_algorithm1, "zoo": _run_zoo, "bounds": _run_bounds, "table1": _run_table1,
 }
 
 _FISHER_LAMS = (0.0, 0.01, 0.1, 1.0, 10.0, 100.0)
@@ -783,9 +870,21 @@ STUDIES: tuple[Study, ...] = (
           "Ngnawe et al., Table 1, Figs. 4, 8; Wu & Yu, Table 1",
           "adversarially trained models are strongly margin-consistent; margins and PGD give the same robust accuracy",
           "RobustBench CIFAR models (linf 8/255); Wu & Yu: MNIST MLP, 200 epochs", "zoo", {
-              "tiny": {"zoo_scale": "tiny", "n_points": 40, "eps": (0.5, 1.0), "check_eps": 0.5},
-              "quick": {"zoo_scale": "quick", "n_points": 200, "eps": (0.5, 1.0, 1.5, 2.0), "check_eps": 1.0},
-              "full": {"zoo_scale": "full", "n_points": 1000, "eps": (0.5, 1.0, 1.5, 2.0), "check_eps": 1.0}}),
+              "tiny": {"zoo_scale": "tiny", "n_points": 40, "eps": (0.25, 0.5), "check_eps": 0.5, "pgd_steps": 10,
+                       "resamples": 200, "pseudo": 0, "pseudo_fit": 0},
+              "quick": {"zoo_scale": "quick", "n_points": 200, "eps": (0.25, 0.5, 1.0), "check_eps": 0.5,
+                        "pgd_steps": 50, "resamples": 1000, "pseudo": 1, "pseudo_fit": 5000},
+              "full": {"zoo_scale": "full", "n_points": 1000, "eps": (0.5, 1.0, 1.5, 2.0), "check_eps": 1.0,
+                       "pgd_steps": 50, "resamples": 1000, "pseudo": 2, "pseudo_fit": 5000}}),
+    Study("table1", "dynamics", "Table 1: AMR vs LCR vs standard training, with seeds, and a gradient-masking check",
+          "Wu & Yu, Table 1, sec. 5.3", "AMR is more robust than standard training and than LCR at large eps; "
+          "PGD measures robust accuracy", "MNIST MLP and CNN, 200 epochs, PGD with 1000 iterations, one run", "table1", {
+              "tiny": {"dataset": "digits", "archs": {"mlp": 1}, "seeds": (0, 1), "n_points": 30, "pgd_steps": 5,
+                       "resamples": 100},
+              "quick": {"dataset": "mnist5k", "archs": {"mlp": 3, "cnn": 1}, "seeds": (0, 1), "n_points": 100,
+                        "pgd_steps": 20, "resamples": 200},
+              "full": {"dataset": "mnist5k", "archs": {"mlp": 25, "cnn": 10}, "seeds": (0, 1, 2), "n_points": 1000,
+                       "pgd_steps": 100, "resamples": 1000}}),
     Study("bounds-layers", "bounds", "Layer-wise lower bounds, standard FCNN (Fig. 3)",
           "Ayyagari et al., Fig. 3 / Fig. 8", "relu1 raises the bound markedly; fc2 adds little; relu2 adds some",
           "FCNN 300-200 on MNIST / Fashion-MNIST 3 vs 7, every pair searched", "bounds", {

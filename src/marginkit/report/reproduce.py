@@ -69,7 +69,8 @@ def draw_figure(spec: dict[str, Any], path: Path) -> Path:
             for s in spec.get("series", []):
                 x = np.asarray([_f(v) for v in s["x"]])
                 y = np.asarray([_f(v) for v in s["y"]])
-                ax.plot(x, y, marker=".", ls="--" if s.get("dashed") else "-", label=s.get("label"))
+                ls = "none" if spec.get("markers_only") else ":" if s.get("dotted") else "--" if s.get("dashed") else "-"
+                ax.plot(x, y, marker="o" if spec.get("markers_only") else ".", ls=ls, label=s.get("label"))
                 if "lo" in s and "hi" in s:
                     ax.fill_between(x, [_f(v) for v in s["lo"]], [_f(v) for v in s["hi"]], alpha=0.2)
             if spec.get("xlog"):
