@@ -57,21 +57,32 @@ def test_descent_bound_at_or_below_enumeration_bound(tiny, layer, points):
     assert ce.zero_one.max() > 0 and ce.zero_one.min() < ce.zero_one.max()  # the grid sees edges appear
 
 
-def test_a_broken_verifier_is_detected(tiny, monkeypatch):
+@pytest.mark.parametrize("engine", ["per-pair", "batched"])
+def test_a_broken_verifier_is_detected(tiny, monkeypatch, engine):
+    from marginkit.bounds import batched as BT
+
     model, x, y = tiny
     ch = feature_chain(model, "relu1", (4,))
     u, v = x[y == 0], x[y == 1]
     exact = find_collisions(ch, u, v, method="enumerate").budget
-    assert _violations(model, "relu1", u, v, find_collisions(ch, u, v, return_delta=True), exact) == []
+    assert _violations(model, "relu1", u, v, find_collisions(ch, u, v, return_delta=True, engine=engine), exact) == []
 
     # the cone program now answers with a point halfway to the pair's start: not a collision
     primal = C._ClarabelProgram.primal
     monkeypatch.setattr(C._ClarabelProgram, "primal", lambda self: tuple(0.5 * b for b in primal(self)))
-    guarded = find_collisions(ch, u, v, return_delta=True)
+    solve = BT.solve_polytopes
+
+    def halved(*a, **k):
+        sol = solve(*a, **k)
+        sol.bu, sol.bv = 0.5 * sol.bu, 0.5 * sol.bv
+        return sol
+
+    monkeypatch.setattr(BT, "solve_polytopes", halved)
+    guarded = find_collisions(ch, u, v, return_delta=True, engine=engine)
     assert _violations(model, "relu1", u, v, guarded, exact) == []  # the verifier rejects them
 
     monkeypatch.setattr(C, "verify_collisions", lambda chain, u, *a, **k: np.ones(len(u), dtype=bool))
-    broken = find_collisions(ch, u, v, return_delta=True)
+    broken = find_collisions(ch, u, v, return_delta=True, engine=engine)
     assert _violations(model, "relu1", u, v, broken, exact) != []  # ... and the suite notices when it does not
 
 

@@ -514,7 +514,7 @@ def find_collisions(chain: FeatureChain, u: np.ndarray | torch.Tensor, v: np.nda
                     solver: str = "CLARABEL", solver_opts: dict | None = None, max_iter: int = 50,
                     dual_tol: float = 1e-6, atol: float = 1e-6, rtol: float = 1e-6, return_delta: bool = False,
                     max_programs: int = 4096, progress: bool = False, direct: bool = True,
-                    stop_below: np.ndarray | None = None) -> CollisionResult:
+                    stop_below: np.ndarray | None = None, engine: str = "auto") -> CollisionResult:
     """Verified collisions f(u_i + delta_i) = f(v_i + delta'_i) for the pairs (u_i, v_i) (rows of u and v).
 
     ``method``: "auto" (closed form when it applies, else "descent"), "closed-form", "cone" (the affine
@@ -523,6 +523,10 @@ def find_collisions(chain: FeatureChain, u: np.ndarray | torch.Tensor, v: np.nda
     ``direct`` (default), l2 and Clarabel, each cone program goes to Clarabel without cvxpy (same program,
     same duals, a fraction of the overhead). ``stop_below`` (P,) ends pair i's descent as soon as a verified
     budget <= stop_below[i] is found (a caller that only needs to know whether eps_f <= some eps).
+    ``engine`` (descent only): "batched" runs all pairs' descents in lock step and solves each step's cone
+    programs together (:mod:`marginkit.bounds.batched`: an exact active-set solver in torch whose answers
+    are accepted only with a KKT certificate, Clarabel for the rest; l2, no box, Clarabel); "per-pair"
+    solves one program at a time; "auto" (default) takes "batched" wherever it applies.
     """
     t0 = time.perf_counter()
     norm = as_norm(norm)
@@ -575,6 +579,22 @@ def find_collisions(chain: FeatureChain, u: np.ndarray | torch.Tensor, v: np.nda
         stop_below = np.asarray(stop_below, dtype=np.float64).reshape(-1)
         if stop_below.shape != (P,):
             raise ValueError(f"stop_below must have shape ({P},), got {stop_below.shape}")
+    if engine not in ("auto", "batched", "per-pair"):
+        raise ValueError(f"unknown engine {engine!r}: use auto, batched or per-pair")
+    batched_ok = (method == "descent" and use_direct and bounds is None and geo.reduce is not None
+                  and any(st.relu for st in chain.stages) and (chain.stages[-1].relu or len(chain.stages) > 1))
+    if engine == "batched" and not batched_ok:
+        raise ValueError("engine='batched' needs method='descent', l2, no box, the Clarabel solver and a ReLU chain")
+    if batched_ok and engine != "per-pair":
+        from .batched import descent_batched
+
+        stops = np.full(P, -np.inf) if stop_below is None else stop_below
+        b, du, dv, iters, status, fallbacks = descent_batched(geo, u, v, max_iter=max_iter, dual_tol=dual_tol, atol=atol,
+                                                              rtol=rtol, stop=stops, fallback=prog)
+        settings.update(engine="batched", fallback_programs=int(fallbacks))
+        return CollisionResult(b, du if return_delta else None, dv if return_delta else None, iters, status,
+                               time.perf_counter() - t0, int(iters.sum()), settings)
+    settings["engine"] = "per-pair"
     rng = range(P)
     if progress:
         from tqdm.auto import tqdm

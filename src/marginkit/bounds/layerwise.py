@@ -24,6 +24,7 @@ from torch import nn
 from ..checks import check_inputs, check_labels
 from ..models.checkpoint import model_fingerprint
 from ..norms import as_norm
+from ..results.jsonio import dumps
 from ..results.provenance import atomic_write_bytes
 from .budgets import injective_tail, pair_budgets
 from .extractors import analysis_layers, feature_chain
@@ -151,22 +152,10 @@ def _layer_key(model: nn.Module, x: np.ndarray, y: np.ndarray, *settings: object
     return h.hexdigest()[:12]
 
 
-def _jsonable(v: object) -> object:
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, dict):
-        return {str(k): _jsonable(u) for k, u in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(u) for u in v]
-    return v
-
-
 def _save_budgets(path: str, pb: PairBudgets) -> None:
     buf = io.BytesIO()
     np.savez(buf, i=pb.i, j=pb.j, budget=pb.budget, labels=pb.labels,
-             info=np.array(json.dumps(_jsonable(pb.info), default=str)))
+             info=np.array(dumps(pb.info, indent=None)))
     atomic_write_bytes(path, buf.getvalue())
 
 

@@ -63,3 +63,7 @@ __all__ = [
     "load_reproduction",
     "run_reproduction",
 ]
+
+from .bounds import PresetModel, preset_trainer, run_bounds_preset  # noqa: E402
+
+__all__ += ["PresetModel", "preset_trainer", "run_bounds_preset"]
