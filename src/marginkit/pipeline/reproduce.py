@@ -719,55 +719,40 @@ def _run_table1(s: Mapping[str, Any], ctx: _Context) -> StudyResult:
 # ---- bounds: the fixed-feature-extractor presets --------------------------------------------------
 
 
-def _train_recipe(recipe: Any, dataset: str, classes: Sequence[int], seed: int, epochs: int | None, cache: Path,
-                  progress: bool) -> Any:
-    """Train (or reload) the extractor of a bounds preset recipe (appendix E) on the preset's classes."""
-    import torch
-
-    from ..bounds.presets import build_extractor
-    from ..data import load_dataset
-    from ..models.checkpoint import load_torch_file
-    from ..training.methods import get_method
-    from ..training.trainer import TrainConfig, train_model
-
-    ds = load_dataset(dataset, classes=classes, seed=seed)
-    ep = recipe.epochs if epochs is None else epochs
-    path = cache / f"{recipe.label}-{_key({'r': recipe.to_dict(), 'e': ep, 'd': ds.fingerprint(), 's': seed})}.pt"
-    model = build_extractor(recipe, ds.input_shape, ds.num_classes, seed=seed)
-    if path.exists():
-        model.load_state_dict(load_torch_file(path, what="cached extractor"))
-        return model.eval()
-    train_model(model, ds, TrainConfig(epochs=ep, lr=recipe.lr, seed=seed),
-                get_method(recipe.method, **dict(recipe.params)), progress=progress)
-    tmp = path.with_suffix(".tmp")
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, path)
-    return model.eval()
-
-
 def _run_bounds(s: Mapping[str, Any], ctx: _Context) -> StudyResult:
-    from ..bounds.presets import BoundsPreset, ModelRecipe, get_preset, run_preset
+    """A bounds preset (:func:`marginkit.pipeline.bounds.run_bounds_preset`), or a miniature preset given as
+    data (tiny scale) run through the same trainer; each claim compares two (model, layer) CE bounds."""
+    import pandas as pd
 
-    if "preset" in s:
-        preset = get_preset(s["preset"])
-    else:  # a miniature preset given as data (tiny scale)
-        preset = BoundsPreset(s["name"], "miniature", tuple(ModelRecipe(**r) for r in s["recipes"]), tuple(s["layers"]),
-                              eps=tuple(s["eps"]), per_class=s["per_class"], quick_per_class=s["per_class"],
-                              claim="miniature")
-    if "per_class" in s:
-        preset = replace(preset, per_class=s["per_class"])
+    from ..bounds.presets import BoundsPreset, ModelRecipe, run_preset
+    from ..data import load_dataset
+    from .bounds import preset_trainer, run_bounds_preset
+
     cache = ctx.cache("zoo", "bounds")
-    out = ctx.cache("bounds", preset.name)
-    res = run_preset(preset, str(out), train=lambda r: _train_recipe(r, preset.dataset, preset.classes, s["seed"],
-                                                                     s.get("epochs"), cache, ctx.progress),
-                     neighbours=s["neighbours"], seed=s["seed"], progress=ctx.progress,
-                     checkpoint_dir=str(ctx.cache("bounds", preset.name, "checkpoints")))
-    df = res.to_frame()
+    if "preset" in s:
+        name = s["preset"]
+        run = run_bounds_preset(name, ctx.cache("bounds", name), quick=bool(s["quick"]), executor=ctx.executor,
+                                progress=ctx.progress, seed=s["seed"], neighbours=s["neighbours"], cache_dir=cache)
+        df, layers_df, settings = run.table, run.layers, dict(run.settings)
+        figure = str(settings.get("figure", name))
+    else:
+        preset = BoundsPreset(s["name"], "miniature (not in the paper)",
+                              tuple(ModelRecipe(**{**r, "params": dict(r.get("params", {}))}) for r in s["recipes"]),
+                              tuple(s["layers"]), eps=tuple(s["eps"]), classes=tuple(s["classes"]), dataset=s["dataset"],
+                              per_class=s["per_class"], quick_per_class=s["per_class"], claim="miniature")
+        ds = load_dataset(preset.dataset, classes=preset.classes, seed=s["seed"])
+        res = run_preset(preset, str(ctx.cache("bounds", preset.name)),
+                         train=preset_trainer(ds, cache, seed=s["seed"], progress=ctx.progress),
+                         neighbours=s["neighbours"], seed=s["seed"], progress=ctx.progress,
+                         checkpoint_dir=str(ctx.cache("bounds", preset.name, "checkpoints")))
+        df = res.to_frame()
+        layers_df = pd.DataFrame(res.layers)
+        settings = {"points": 2 * preset.per_class, "dataset": preset.dataset}
+        figure = preset.figure
     eps_c = float(s["check_eps"])
-    pts = 2 * preset.per_class
-    setting = (f"{pts} points of classes {list(preset.classes)} ({preset.dataset}), "
-               f"{'every candidate pair' if s['neighbours'] is None else str(s['neighbours']) + ' neighbour(s) per point'}"
-               f", {s.get('epochs', 'preset')} training epochs")
+    pts = settings.get("points", "?")
+    searched = "every candidate pair" if s["neighbours"] is None else f"{s['neighbours']} neighbour(s) per point"
+    setting = f"{pts} points of {settings.get('dataset', '')}, {searched}"
 
     def ce(model: str, layer: str) -> float:
         v = df[(df["model"] == model) & (df["layer"] == layer) & (np.isclose(df["eps"], eps_c))]["cross_entropy"]
@@ -777,21 +762,24 @@ def _run_bounds(s: Mapping[str, Any], ctx: _Context) -> StudyResult:
     for claim_spec in s["claims"]:
         a, b = claim_spec["a"], claim_spec["b"]  # (model, layer) pairs: value = CE(a) - CE(b)
         v = ce(*a) - ce(*b)
-        c = Claim(claim_spec["kind"], claim_spec["paper"], preset.figure + ", Ayyagari et al.",
+        c = Claim(claim_spec["kind"], claim_spec["paper"], f"Ayyagari et al., {figure}",
                   threshold=claim_spec.get("threshold", 0.0), low=claim_spec.get("low", float("nan")),
                   high=claim_spec.get("high", float("nan")))
-        ms.append(measure(f"CE bound {a[0]}/{a[1]} minus {b[0]}/{b[1]} at eps {eps_c:g}", v, (v, v) if math.isfinite(v)
-                          else None, c, ci_kind="exact on these points (no CI over points)", n=f"{pts} points",
-                          seeds=1, setting=setting))
+        ms.append(measure(f"CE bound {a[0]}/{a[1]} minus {b[0]}/{b[1]} at eps {eps_c:g}", v,
+                          (v, v) if math.isfinite(v) else None, c, ci_kind="exact on these points (no CI over points)",
+                          n=f"{pts} points", seeds=1, setting=setting))
     series = []
     for (model, layer), g in df.groupby(["model", "layer"], sort=False):
         g = g.sort_values("eps")
         series.append({"label": f"{model} {layer}", "x": g["eps"].tolist(), "y": g["cross_entropy"].tolist()})
-    fig = {"kind": "lines", "name": f"bounds-{preset.name}", "title": f"{preset.figure}: cross-entropy lower bounds",
-           "xlabel": "l2 eps", "ylabel": "lower bound on the robust CE loss", "series": series}
-    layers = [{k: v for k, v in row.items() if k != "statuses"} for row in res.layers]
-    return _result(s, ms, [fig], data={"table": df.to_dict(orient="records"), "layers": layers},
-                   notes=["Fashion-MNIST is not available offline: mnist5k 3 vs 7 only."])
+    fig = {"kind": "lines", "name": f"bounds-{s.get('preset', s.get('name'))}",
+           "title": f"{figure}: cross-entropy lower bounds", "xlabel": "l2 eps",
+           "ylabel": "lower bound on the robust CE loss", "series": series}
+    layer_rows = layers_df.drop(columns=["statuses"], errors="ignore").to_dict(orient="records")
+    notes = ["Fashion-MNIST is not available offline: mnist5k 3 vs 7 only."] if "preset" in s else []
+    return _result(s, ms, [fig], data={"table": df.to_dict(orient="records"), "layers": layer_rows,
+                                       "settings": {k: v for k, v in settings.items() if k != "layer_stats"}},
+                   notes=notes)
 
 
 # ---- the study table ------------------------------------------------------------------------------
@@ -817,7 +805,7 @@ _FIG2_CLAIMS = tuple(
      "paper": "standard training is the least robust at the first linear layer"} for e in (1, 2, 3)
 )
 _FIG2_TINY_CLAIMS = ({**_FIG2_CLAIMS[0], "b": ("pgd-1", "fc1")},)
-_MINI_RECIPE = {"label": "standard", "widths": (8, 6), "epochs": 1}
+_MINI_RECIPE = {"label": "standard", "widths": (6, 4), "epochs": 2, "lr": 1e-2}
 
 STUDIES: tuple[Study, ...] = (
     Study("theorem3", "dynamics", "Theorem 3 estimate against its sample count", "Wu & Yu, eq. (16), App. F",
@@ -887,26 +875,27 @@ STUDIES: tuple[Study, ...] = (
                        "pgd_steps": 100, "resamples": 1000}}),
     Study("bounds-layers", "bounds", "Layer-wise lower bounds, standard FCNN (Fig. 3)",
           "Ayyagari et al., Fig. 3 / Fig. 8", "relu1 raises the bound markedly; fc2 adds little; relu2 adds some",
-          "FCNN 300-200 on MNIST / Fashion-MNIST 3 vs 7, every pair searched", "bounds", {
-              "tiny": {"name": "mini-layers", "recipes": (_MINI_RECIPE,), "layers": ("input", "fc1", "relu1", "fc2", "relu2"),
-                       "eps": (2.0, 4.0), "per_class": 3, "seed": 0, "neighbours": 1, "check_eps": 4.0, "epochs": 1,
+          "FCNN 300-200 on MNIST / Fashion-MNIST 3 vs 7, 200 points per class, every pair searched", "bounds", {
+              "tiny": {"preset": "tiny-synthetic", "quick": True, "seed": 0, "neighbours": None, "check_eps": 0.5,
                        "claims": _FIG3_CLAIMS},
-              "quick": {"preset": "fig3-layers-standard", "per_class": 25, "seed": 0, "neighbours": 1, "check_eps": 2.0,
-                        "epochs": 5, "claims": _FIG3_CLAIMS},
-              "full": {"preset": "fig3-layers-standard", "seed": 0, "neighbours": 1, "check_eps": 2.0,
-                       "claims": _FIG3_CLAIMS}}),
+              "quick": {"preset": "fig3-layers-standard", "quick": True, "seed": 0, "neighbours": None,
+                        "check_eps": 2.0, "claims": _FIG3_CLAIMS},
+              "full": {"preset": "fig3-layers-standard", "quick": False, "seed": 0, "neighbours": None,
+                       "check_eps": 2.0, "claims": _FIG3_CLAIMS}}),
     Study("bounds-methods", "bounds", "First linear layer by training method (Fig. 2)", "Ayyagari et al., Fig. 2 / Fig. 7",
           "standard training is least robust; robustness grows with eps_train", "FCNN 300-200, PGD eps_train 1-3, TRADES",
           "bounds", {
-              "tiny": {"name": "mini-methods", "recipes": (_MINI_RECIPE, {**_MINI_RECIPE, "label": "pgd-1", "method": "pgd",
-                                                                       "params": {"norm": "l2", "eps": 1.0, "steps": 2}}),
-                       "layers": ("input", "fc1"), "eps": (2.0, 4.0), "per_class": 3, "seed": 0, "neighbours": 1,
-                       "check_eps": 4.0, "epochs": 1, "claims": _FIG2_TINY_CLAIMS},
-              "quick": {"preset": "fig2-first-linear", "per_class": 25, "seed": 0, "neighbours": 1, "check_eps": 2.0,
-                        "epochs": 5, "claims": _FIG2_CLAIMS},
-              "full": {"preset": "fig2-first-linear", "seed": 0, "neighbours": 1, "check_eps": 2.0,
+              "tiny": {"name": "mini-methods", "dataset": "synthetic", "classes": (0, 1),
+                       "recipes": (_MINI_RECIPE, {**_MINI_RECIPE, "label": "pgd-1", "method": "pgd",
+                                                  "params": {"norm": "l2", "eps": 0.2, "steps": 3}}),
+                       "layers": ("input", "fc1"), "eps": (0.05, 0.2, 0.5), "per_class": 5, "seed": 0, "neighbours": None,
+                       "check_eps": 0.5, "claims": _FIG2_TINY_CLAIMS},
+              "quick": {"preset": "fig2-first-linear", "quick": True, "seed": 0, "neighbours": None, "check_eps": 2.0,
+                        "claims": _FIG2_CLAIMS},
+              "full": {"preset": "fig2-first-linear", "quick": False, "seed": 0, "neighbours": None, "check_eps": 2.0,
                        "claims": _FIG2_CLAIMS}}),
 )
+
 
 def studies_for(sections: Sequence[str], only: Sequence[str] | None = None) -> list[Study]:
     """The studies of ``sections`` ("all" or names from :data:`SECTIONS`), optionally only those named."""
