@@ -291,7 +291,8 @@ def _run_theorem3(s: Mapping[str, Any], ctx: _Context) -> StudyResult:
     last = 100 * (ratio[-2] - 1) if len(counts) > 2 else np.array([np.nan])
     m, ci = t_ci(last.tolist())
     ms.append(measure(f"change over the last doubling ({counts[-2]} -> {counts[-1]} samples)", m, ci,
-                      Claim("within", "51,200 samples: taken as converged", "Wu & Yu, App. F", low=-0.5, high=0.5),
+                      Claim("within", "51,200 samples: taken as converged (here: moves by < 0.1% per doubling)",
+                            "Wu & Yu, App. F", low=-0.1, high=0.1),
                       ci_kind="t over points", n=f"{ratio.shape[1]} points", seeds=1, setting=setting, unit="%"))
     fin = np.isfinite(conv.reference)
     above = int(np.sum(conv.bounds[:, fin] > conv.reference[fin][None, :] + 1e-9))
@@ -768,12 +769,15 @@ def _run_bounds(s: Mapping[str, Any], ctx: _Context) -> StudyResult:
         if a[1] not in done or b[1] not in done:
             notes.append(f"Not run at this scale: '{claim_spec['paper']}' needs layer {a[1] if a[1] not in done else b[1]}.")
             continue
-        v = ce(*a) - ce(*b)
+        va, vb = ce(*a), ce(*b)
+        v = va - vb
+        # Both bounds 0: no collision within eps among these points, so the comparison has no power.
+        ci = (v, v) if math.isfinite(v) and (va > 0 or vb > 0) else None
         c = Claim(claim_spec["kind"], claim_spec["paper"], f"Ayyagari et al., {figure}",
                   threshold=claim_spec.get("threshold", 0.0), low=claim_spec.get("low", float("nan")),
                   high=claim_spec.get("high", float("nan")))
-        ms.append(measure(f"CE bound {a[0]}/{a[1]} minus {b[0]}/{b[1]} at eps {eps_c:g}", v,
-                          (v, v) if math.isfinite(v) else None, c, ci_kind="exact on these points (no CI over points)",
+        ms.append(measure(f"CE bound {a[0]}/{a[1]} minus {b[0]}/{b[1]} at eps {eps_c:g} ({va:.4f} - {vb:.4f})", v, ci,
+                          c, ci_kind="exact on these points (no CI over points)" if ci else "none: both bounds 0",
                           n=f"{pts} points", seeds=1, setting=setting))
     series = []
     for (model, layer), g in df.groupby(["model", "layer"], sort=False):
@@ -885,7 +889,7 @@ STUDIES: tuple[Study, ...] = (
               "tiny": {"preset": "tiny-synthetic", "quick": True, "seed": 0, "neighbours": None, "check_eps": 0.5,
                        "claims": _FIG3_CLAIMS},
               "quick": {"preset": "fig3-layers-standard", "quick": True, "seed": 0, "neighbours": 1,
-                        "layers": ("input", "fc1", "relu1"), "check_eps": 2.0, "claims": _FIG3_CLAIMS},
+                        "layers": ("input", "fc1", "relu1"), "check_eps": 3.0, "claims": _FIG3_CLAIMS},
               "full": {"preset": "fig3-layers-standard", "quick": False, "seed": 0, "neighbours": None,
                        "check_eps": 2.0, "claims": _FIG3_CLAIMS}}),
     Study("bounds-methods", "bounds", "First linear layer by training method (Fig. 2)", "Ayyagari et al., Fig. 2 / Fig. 7",
@@ -896,7 +900,7 @@ STUDIES: tuple[Study, ...] = (
                                                   "params": {"norm": "l2", "eps": 0.2, "steps": 3}}),
                        "layers": ("input", "fc1"), "eps": (0.05, 0.2, 0.5), "per_class": 5, "seed": 0, "neighbours": None,
                        "check_eps": 0.5, "claims": _FIG2_TINY_CLAIMS},
-              "quick": {"preset": "fig2-first-linear", "quick": True, "seed": 0, "neighbours": None, "check_eps": 2.0,
+              "quick": {"preset": "fig2-first-linear", "quick": True, "seed": 0, "neighbours": None, "check_eps": 3.0,
                         "claims": _FIG2_CLAIMS},
               "full": {"preset": "fig2-first-linear", "quick": False, "seed": 0, "neighbours": None, "check_eps": 2.0,
                        "claims": _FIG2_CLAIMS}}),
