@@ -314,14 +314,14 @@ def paired_difference(diff: Any, *, seed: int = 0, resamples: int = 5000) -> dic
     mean = float(d.mean())
     if len(d) < 2:
         nan = float("nan")
-        return {"mean": mean, "t_lo": nan, "t_hi": nan, "boot_lo": nan, "boot_hi": nan, "p_wilcoxon": nan, "n": 1}
+        return {"mean": mean, "t_lo": nan, "t_hi": nan, "boot_lo": nan, "boot_hi": nan, "p_wilcoxon": nan, "pairs": 1}
     if np.all(d == d[0]):  # no spread: every CI is the point itself
         return {"mean": mean, "t_lo": mean, "t_hi": mean, "boot_lo": mean, "boot_hi": mean,
-                "p_wilcoxon": 1.0 if mean == 0 else 0.0, "n": len(d)}
+                "p_wilcoxon": 1.0 if mean == 0 else 0.0, "pairs": len(d)}
     h = float(stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)))
     boot = stats.bootstrap((d,), np.mean, n_resamples=resamples, method="percentile", random_state=seed).confidence_interval
     return {"mean": mean, "t_lo": mean - h, "t_hi": mean + h, "boot_lo": float(boot.low), "boot_hi": float(boot.high),
-            "p_wilcoxon": float(stats.wilcoxon(d).pvalue) if np.any(d != 0) else 1.0, "n": len(d)}
+            "p_wilcoxon": float(stats.wilcoxon(d).pvalue) if np.any(d != 0) else 1.0, "pairs": len(d)}
 
 
 def compare_with_subset(score: Any, input_margin: Any, correct: Any, eps: float, n: int, *, repeats: int = 200,
