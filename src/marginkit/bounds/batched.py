@@ -49,9 +49,11 @@ class BatchSolution:
     zv: torch.Tensor
     ok: torch.Tensor
     rounds: int
+    active_u: torch.Tensor | None = None
+    active_v: torch.Tensor | None = None
 
 
-def _weights_for_balance(lam: torch.Tensor, rho2: torch.Tensor, iters: int = 80) -> torch.Tensor:
+def _weights_for_balance(lam: torch.Tensor, rho2: torch.Tensor, iters: int = 56) -> torch.Tensor:
     """The w in (0, 1) with ||beta_u(w)|| = ||beta_v(w)||, per pair, by bisection on the logit of w.
 
     With h_i(w) = lam_i / w + (1 - lam_i) / (1 - w): ||beta_u||^2 = sum lam_i rho_i^2 / (w h_i)^2 and
@@ -95,18 +97,100 @@ def _solve_active(Mu: torch.Tensor, Mv: torch.Tensor, r: torch.Tensor, mask: tor
     nu = torch.linalg.solve_triangular(C.transpose(1, 2), (Q @ (rho / h)[..., None]), upper=True)[..., 0] * m
     bu = (Mu.transpose(1, 2) @ nu[..., None])[..., 0] / w[:, None]
     bv = (Mv.transpose(1, 2) @ nu[..., None])[..., 0] / (1 - w[:, None])
-    # kept rows independent: smallest eigenvalue of the (un-ridged) Gram of the kept rows, relative
-    ev = torch.linalg.eigvalsh(S - ridge * scale[:, None, None] * eye)
-    cond = ev[:, 0] > 1e-9 * scale
-    return bu, bv, nu, w, good & cond
+    # dependent kept rows: the null space of M^T (eigenvectors of the un-ridged Gram with ~0 eigenvalue).
+    # Screen first: trace(S^-1) = ||C^-1||_F^2 >= 1 / lambda_min, so a pair below 1e8 / scale has
+    # lambda_min > 1e-8 scale (independent rows) and needs no eigendecomposition.
+    Ci = torch.linalg.solve_triangular(C, eye.expand(B, K, K), upper=False)
+    suspect = (Ci.square().sum((1, 2)) * scale > 1e8) | ~good
+    nullity = torch.zeros(B, dtype=torch.long)
+    evec = torch.zeros(B, K, K, dtype=Mu.dtype)
+    if suspect.any():
+        sel = torch.nonzero(suspect).ravel()
+        ev_s, evec_s = torch.linalg.eigh(S[sel] - ridge * scale[sel, None, None] * eye)
+        nullity[sel] = (ev_s <= 1e-9 * scale[sel, None]).sum(1)
+        evec[sel] = evec_s
+    evec = evec * m[:, :, None]
+    in_null = (torch.arange(K)[None] < nullity[:, None]).to(nu.dtype)
+    nu = nu - (evec @ ((evec.transpose(1, 2) @ nu[..., None])[..., 0] * in_null)[..., None])[..., 0]  # min-norm
+    return bu, bv, nu, w, good, nullity, evec
+
+
+def _dual_center_np(nu0: np.ndarray, N: np.ndarray, sign: np.ndarray) -> np.ndarray | None:
+    """Several dependencies (nullity q >= 2, rare): the analytic centre of {nu0 + N alpha : sign rows >= 0}
+    by a phase-1 LP (HiGHS) and a damped Newton method on sum log of the moving sign rows; None when the
+    face has no interior on those rows or is unbounded (then the program goes to Clarabel)."""
+    from scipy.optimize import linprog
+
+    q = N.shape[1]
+    moving = sign & (np.abs(N).max(1) > 1e-9)
+    fixed = sign & ~moving
+    scale = max(1.0, float(np.abs(nu0).max()))
+    if (nu0[fixed] < -1e-9 * scale).any() or not moving.any():
+        return None if (nu0[fixed] < -1e-9 * scale).any() else nu0
+    A, c0 = N[moving], nu0[moving]
+    # max s  s.t.  c0 + A alpha >= s, s <= scale, |alpha| <= 1e3 scale (bounded LP)
+    res = linprog(np.r_[np.zeros(q), -1.0], A_ub=np.c_[-A, np.ones(len(c0))], b_ub=c0,
+                  bounds=[(-1e3 * scale, 1e3 * scale)] * q + [(None, scale)], method="highs")
+    if res.status != 0 or res.x[-1] <= 1e-9 * scale or np.abs(res.x[:q]).max() > 1e2 * scale:
+        return None
+    alpha = res.x[:q]
+    for _ in range(60):
+        val = c0 + A @ alpha
+        g = -(A / val[:, None]).sum(0)
+        H = (A.T * (1.0 / val ** 2)) @ A
+        try:
+            step = np.linalg.solve(H + 1e-14 * np.trace(H) * np.eye(q), -g)
+        except np.linalg.LinAlgError:
+            return None
+        dec = float(-g @ step)
+        tstep = 1.0
+        while (c0 + A @ (alpha + tstep * step) <= 0).any():
+            tstep *= 0.5
+            if tstep < 1e-12:
+                return None
+        alpha = alpha + tstep * step
+        if dec < 1e-20:
+            break
+    if np.abs(alpha).max() > 1e2 * scale:
+        return None
+    return nu0 + N @ alpha
+
+
+def _analytic_center(nu: torch.Tensor, n: torch.Tensor, sign: torch.Tensor, iters: int = 100):
+    """Multipliers of a rank-deficient active set: the optimal duals are nu + alpha n (one null vector n);
+    the sign rows need nu + alpha n >= 0. An interior-point solver converges to the analytic centre of that
+    segment (max sum log of the sign rows that move with alpha); returns (alpha, usable) where usable says
+    the segment is non-empty and bounded."""
+    moving = sign & (n.abs() > 1e-9)
+    ratio = -nu / torch.where(moving, n, 1.0)
+    inf = torch.tensor(float("inf"), dtype=nu.dtype)
+    lo = torch.where(moving & (n > 0), ratio, -inf).amax(1)
+    hi = torch.where(moving & (n < 0), ratio, inf).amin(1)
+    fixed_ok = (torch.where(sign & ~moving, nu, 0.0) >= -1e-9 * nu.abs().amax(1, keepdim=True).clamp_min(1.0)).all(1)
+    usable = torch.isfinite(lo) & torch.isfinite(hi) & (lo <= hi) & fixed_ok
+    a, b = torch.where(usable, lo, 0.0), torch.where(usable, hi, 0.0)
+    for _ in range(iters):
+        mid = 0.5 * (a + b)
+        val = nu + mid[:, None] * n
+        grad = torch.where(moving, n / torch.where(moving, val, 1.0), 0.0).sum(1)
+        a, b = torch.where(grad > 0, mid, a), torch.where(grad > 0, b, mid)
+    return 0.5 * (a + b), usable
 
 
 def solve_polytopes(Eu: torch.Tensor, Ev: torch.Tensor, e: torch.Tensor, eq_keep: torch.Tensor,
                     Gu: torch.Tensor, gu: torch.Tensor, Gv: torch.Tensor, gv: torch.Tensor, *,
-                    max_rounds: int = 12, tol: float = 1e-9, diag: dict | None = None) -> BatchSolution:
+                    max_rounds: int = 12, tol: float = 1e-9, strict: bool = False,
+                    init_u: torch.Tensor | None = None, init_v: torch.Tensor | None = None,
+                    diag: dict | None = None) -> BatchSolution:
     """The cone programs of B activation polytopes (module docstring), all float64 tensors:
     ``Eu, Ev`` (B, k, d), ``e`` (B, k) for E_u beta_u - E_v beta_v = e (rows where ``eq_keep`` is False are
-    absent), ``Gu`` (B, mu, d), ``gu`` (B, mu), ``Gv``, ``gv`` for G beta + g >= 0 on each side."""
+    absent), ``Gu`` (B, mu, d), ``gu`` (B, mu), ``Gv``, ``gv`` for G beta + g >= 0 on each side.
+
+    ``strict`` certifies only optima that are unique with unique sign duals (independent active
+    rows, both weights positive): then any exact solver returns the same answer and the descent takes the
+    per-pair engine's path. Without it (default), a degenerate optimum is certified with the analytic centre of its
+    dual face (what an interior-point method converges to) and the minimum-norm side where one weight is 0.
+    """
     B, k, d = Eu.shape
     mu, mv = Gu.shape[1], Gv.shape[1]
     if not (mu and mv):
@@ -117,13 +201,18 @@ def solve_polytopes(Eu: torch.Tensor, Ev: torch.Tensor, e: torch.Tensor, eq_keep
         # the feature equality's rows are dependent at deeper layers (rank <= the active units of earlier
         # stages): replace them by an orthonormal basis of their row space (same constraint set)
         Mfull = torch.cat([Eu, -Ev], 2) * eq_keep[..., None]
-        Uu, S, Vh = torch.linalg.svd(Mfull, full_matrices=False)
-        eq_keep = S > 1e-9 * S[:, :1].clamp_min(1e-300)
+        # M M^T = U diag(sig^2) U^T: orthonormal rows U^T M / sig of the row space (rank: sig > 1e-7 max sig;
+        # a nearly dependent row dropped here shows up in the residual check on the original rows)
+        sig2, Uu = torch.linalg.eigh(Mfull @ Mfull.transpose(1, 2))
+        eq_keep = sig2 > 1e-14 * sig2[:, -1:].clamp_min(1e-300)
+        sig = torch.where(eq_keep, sig2, 1.0).sqrt()
+        Vh = (Uu.transpose(1, 2) @ Mfull) / sig[..., None] * eq_keep[..., None]
         Eu, Ev = Vh[..., :d], -Vh[..., d:]  # orthonormal rows: a well-conditioned system
-        e = (Uu.transpose(1, 2) @ (e * keep0)[..., None])[..., 0] / torch.where(eq_keep, S, 1.0)
+        e = (Uu.transpose(1, 2) @ (e * keep0)[..., None])[..., 0] / sig * eq_keep
         k = Eu.shape[1]
-    active_u = torch.zeros(B, mu, dtype=torch.bool)
-    active_v = torch.zeros(B, mv, dtype=torch.bool)
+    # the active set starts empty or from a guess (the previous descent step's); a wrong guess only costs rounds
+    active_u = torch.zeros(B, mu, dtype=torch.bool) if init_u is None else init_u.clone()
+    active_v = torch.zeros(B, mv, dtype=torch.bool) if init_v is None else init_v.clone()
     done = torch.zeros(B, dtype=torch.bool)
     out_bu = torch.zeros(B, d, dtype=dtype)
     out_bv = torch.zeros(B, d, dtype=dtype)
@@ -131,6 +220,7 @@ def solve_polytopes(Eu: torch.Tensor, Ev: torch.Tensor, e: torch.Tensor, eq_keep
     out_zu = torch.zeros(B, mu, dtype=dtype)
     out_zv = torch.zeros(B, mv, dtype=dtype)
     ok = torch.zeros(B, dtype=torch.bool)
+    fin_u, fin_v = torch.zeros(B, mu, dtype=torch.bool), torch.zeros(B, mv, dtype=torch.bool)
     gscale = torch.maximum(Gu.abs().flatten(1).amax(1) if mu else torch.zeros(B, dtype=dtype),
                            Gv.abs().flatten(1).amax(1) if mv else torch.zeros(B, dtype=dtype)).clamp_min(1.0)
     escale = torch.maximum(Eu0.abs().flatten(1).amax(1), Ev0.abs().flatten(1).amax(1)).clamp_min(1.0)
@@ -167,7 +257,26 @@ def solve_polytopes(Eu: torch.Tensor, Ev: torch.Tensor, e: torch.Tensor, eq_keep
             mask.append(is_u | is_v)
         Mu, Mv = torch.cat(rows_u, 1), torch.cat(rows_v, 1)
         r, m = torch.cat(rhs, 1), torch.cat(mask, 1)
-        bu, bv, nu, w, cond = _solve_active(Mu, Mv, r, m)
+        bu, bv, nu, w, good, nullity, evec = _solve_active(Mu, Mv, r, m)
+        nvec = evec[:, :, 0]
+        cond = good & (nullity == 0)
+        one = good & (nullity == 1) & (n_act > 0)
+        if one.any():  # one dependency (typically a unit at zero on both sides): the analytic-centre duals
+            sign_rows = torch.zeros_like(m)
+            sign_rows[:, k:] = m[:, k:]
+            alpha, usable = _analytic_center(nu[one], nvec[one], sign_rows[one])
+            nu_one = nu[one] + alpha[:, None] * nvec[one]
+            nu[one] = torch.where(usable[:, None], nu_one, nu[one])
+            sel = torch.nonzero(one).ravel()
+            cond[sel[usable]] = True
+        for p in torch.nonzero(good & (nullity >= 2) & (n_act > 0)).ravel().tolist():
+            q = int(nullity[p])
+            sign_np = m[p].numpy().copy()
+            sign_np[:k] = False
+            centre = _dual_center_np(nu[p].numpy(), evec[p, :, :q].numpy(), sign_np)
+            if centre is not None:
+                nu[p] = torch.from_numpy(centre)
+                cond[p] = True
         t = torch.maximum(bu.norm(dim=1), bv.norm(dim=1))
         su_slack = (Gu[idx] @ bu[..., None])[..., 0] + gu[idx] if mu else torch.zeros(len(idx), 0, dtype=dtype)
         sv_slack = (Gv[idx] @ bv[..., None])[..., 0] + gv[idx] if mv else torch.zeros(len(idx), 0, dtype=dtype)
@@ -193,8 +302,21 @@ def solve_polytopes(Eu: torch.Tensor, Ev: torch.Tensor, e: torch.Tensor, eq_keep
         balanced = ~interior | ((bu.norm(dim=1) - bv.norm(dim=1)).abs() <= 1e-8 * (1 + t))
         kkt = (~viol_u.any(1) & ~viol_v.any(1) & ~neg_u.any(1) & ~neg_v.any(1) & cond & balanced
                & (eq_res <= tol * escale[idx] * (1 + t) * 10) & torch.isfinite(t))
+        # weakly active rows (tight but outside the set, multiplier 0): the dual face may be larger than the
+        # point found (e.g. a last-layer unit at zero on both sides, the flip case of section 3.2); hold them
+        # as equalities too (the primal stays put) so the duals become the face's analytic centre
+        tight_tol = 1e-8 * gscale[idx] * (1 + t)
+        weak_u = kkt[:, None] & ~au & (su_slack.abs() <= tight_tol[:, None])
+        weak_v = kkt[:, None] & ~av & (sv_slack.abs() <= tight_tol[:, None])
+        weak = weak_u.any(1) | weak_v.any(1)
+        kkt = kkt & ~weak
+        viol_u, viol_v = viol_u | weak_u, viol_v | weak_v
         changed = viol_u.any(1) | viol_v.any(1) | neg_u.any(1) | neg_v.any(1)
-        finished = kkt | ~changed | ~cond
+        unique = (nullity == 0) & interior
+        if diag is not None:
+            diag["non-unique"] = diag.get("non-unique", 0) + int((kkt & ~unique).sum())
+            diag["endpoint"] = diag.get("endpoint", 0) + int((kkt & ~interior).sum())
+        finished = kkt | ~changed  # a dependent set whose duals cannot be signed drops its negative rows
         if diag is not None:
             bad = finished & ~kkt
             for name, flag in (("dependent", ~cond), ("equality", eq_res > tol * escale[idx] * (1 + t) * 10),
@@ -202,16 +324,17 @@ def solve_polytopes(Eu: torch.Tensor, Ev: torch.Tensor, e: torch.Tensor, eq_keep
                                ("dual-sign", neg_u.any(1) | neg_v.any(1))):
                 diag[name] = diag.get(name, 0) + int((bad & flag).sum())
         fin = idx[finished]
+        fin_u[fin], fin_v[fin] = au[finished], av[finished]
         out_bu[fin], out_bv[fin], out_t[fin] = bu[finished], bv[finished], t[finished]
         out_zu[fin], out_zv[fin] = zu[finished].clamp_min(0.0), zv[finished].clamp_min(0.0)
-        ok[fin] = kkt[finished]
+        ok[fin] = (kkt & unique)[finished] if strict else kkt[finished]
         done[fin] = True
         go = ~finished
         active_u[idx[go]] = (au[go] & ~neg_u[go]) | viol_u[go]
         active_v[idx[go]] = (av[go] & ~neg_v[go]) | viol_v[go]
     if diag is not None:
         diag["unconverged"] = diag.get("unconverged", 0) + int((~done).sum())
-    return BatchSolution(out_bu, out_bv, out_t, out_zu, out_zv, ok, rounds)
+    return BatchSolution(out_bu, out_bv, out_t, out_zu, out_zv, ok, rounds, fin_u, fin_v)
 
 
 def program_tensors(mats: list[tuple[torch.Tensor, torch.Tensor]], relu: list[bool], L1_full: torch.Tensor,
@@ -266,13 +389,14 @@ def program_tensors(mats: list[tuple[torch.Tensor, torch.Tensor]], relu: list[bo
 
 
 def descent_batched(geo, u: np.ndarray, v: np.ndarray, *, max_iter: int, dual_tol: float, atol: float, rtol: float,
-                    stop: np.ndarray, fallback, chunk: int = 256):
+                    stop: np.ndarray, fallback, initial_patterns, norms, verify, chunk: int | None = None):
     """Algorithms 1/2 for all pairs (u_i, v_i) in lock step, chunk by chunk: each step solves every running
     pair's cone program with :func:`solve_polytopes`; pairs whose KKT certificate fails are solved by
     ``fallback`` (a per-pair Clarabel program: ``set(u, v, pu, pv)``, ``solve()``, ``primal()``,
-    ``duals(i)``). Same flip rule, termination, verification and outputs as ``collisions._descent_one``.
-    Returns (budget, delta_u, delta_v, programs, status, fallbacks)."""
-    from .collisions import _initial_patterns, _norms, verify_collisions
+    ``duals(i)``). Same flip rule, termination, verification and outputs as ``collisions._descent_one``;
+    ``initial_patterns``, ``norms`` and ``verify`` are that module's midpoint patterns, norm and float64
+    collision check. Returns (budget, delta_u, delta_v, programs, status, fallbacks)."""
+    _initial_patterns, _norms, verify_collisions = initial_patterns, norms, verify
 
     chain = geo.chain
     relu = [st.relu for st in chain.stages]
@@ -282,6 +406,9 @@ def descent_batched(geo, u: np.ndarray, v: np.ndarray, *, max_iter: int, dual_to
     L1 = torch.from_numpy(chain.stages[0].dense()[0])
     fr = None if geo.final_rows is None else torch.from_numpy(geo.final_rows)
     P = len(u)
+    if chunk is None:  # pairs per lock-step batch: about 400 MB of float64 program data at most
+        rows = sum(st.out_dim for st in chain.stages if st.relu) + chain.stages[-1].out_dim
+        chunk = int(np.clip(4e8 / (8.0 * 6 * rows * geo.dim), 16, 512))
     budget = np.empty(P)
     dus, dvs = np.empty_like(u), np.empty_like(v)
     programs = np.zeros(P, dtype=int)
@@ -298,6 +425,8 @@ def descent_batched(geo, u: np.ndarray, v: np.ndarray, *, max_iter: int, dual_to
         PV: list[Any] = [torch.from_numpy(np.stack([p[1][s] for p in pats])) if relu[s] else None for s in range(nst)]
         eps_old = best.copy()
         running = np.ones(n, dtype=bool)
+        AU: torch.Tensor | None = None  # each pair's last active set: the next step's first guess
+        AV: torch.Tensor | None = None
         Ut, Vt = torch.from_numpy(U), torch.from_numpy(V)
         for it in range(1, max_iter + 1):
             idx = np.flatnonzero(running)
@@ -307,7 +436,14 @@ def descent_batched(geo, u: np.ndarray, v: np.ndarray, *, max_iter: int, dual_to
             pu_i = [p[ti] if p is not None else None for p in PU]
             pv_i = [p[ti] if p is not None else None for p in PV]
             Eu, Ev, e, keep, Gu, gu, Gv, gv, n_u, n_v = program_tensors(mats, relu, L1, fr, Ut[ti], Vt[ti], pu_i, pv_i)
-            sol = solve_polytopes(Eu, Ev, e, keep, Gu, gu, Gv, gv)
+            if AU is None:
+                AU = torch.zeros(n, Gu.shape[1], dtype=torch.bool)
+                AV = torch.zeros(n, Gv.shape[1], dtype=torch.bool)
+            assert AU is not None and AV is not None
+            sol = solve_polytopes(Eu, Ev, e, keep, Gu, gu, Gv, gv, init_u=AU[ti], init_v=AV[ti])
+            assert sol.active_u is not None and sol.active_v is not None
+            AU[ti] = sol.active_u & sol.ok[:, None]
+            AV[ti] = sol.active_v & sol.ok[:, None]
             bu, bv, zu, zv = sol.bu.numpy().copy(), sol.bv.numpy().copy(), sol.zu.numpy().copy(), sol.zv.numpy().copy()
             solved = sol.ok.numpy().copy()
             for j in np.flatnonzero(~solved):
@@ -365,6 +501,7 @@ def descent_batched(geo, u: np.ndarray, v: np.ndarray, *, max_iter: int, dual_to
                     continue
                 n_st = chain.stages[st].out_dim
                 z_u, z_v = zu[:, ou:ou + n_st], zv[:, ov:ov + n_st]
+                sl_u, sl_v = slice(ou, ou + n_st), slice(ov, ov + n_st)
                 ou += n_st
                 ov += n_st
                 if st == last:
@@ -374,12 +511,18 @@ def descent_batched(geo, u: np.ndarray, v: np.ndarray, *, max_iter: int, dual_to
                     PU[st][ti_s] = new
                     PV[st][ti_s] = new.clone()
                     changed |= f.any(1).numpy()
+                    if AU is not None and AV is not None:  # a flipped unit's sign rows start inactive
+                        AU[ti_s, sl_u] &= ~f
+                        AV[ti_s, sl_v] &= ~f
                 else:
                     fu, fv = torch.from_numpy(z_u > tol), torch.from_numpy(z_v > tol)
                     cu_, cv_ = PU[st][ti_s], PV[st][ti_s]
                     PU[st][ti_s] = torch.where(fu, 1 - cu_, cu_)
                     PV[st][ti_s] = torch.where(fv, 1 - cv_, cv_)
                     changed |= (fu.any(1) | fv.any(1)).numpy()
+                    if AU is not None and AV is not None:
+                        AU[ti_s, sl_u] &= ~fu
+                        AV[ti_s, sl_v] &= ~fv
             stall = eps >= eps_old[idx_s] - 1e-9 * np.maximum(1.0, eps_old[idx_s])
             conv = ~changed | stall
             for i in idx_s[conv]:

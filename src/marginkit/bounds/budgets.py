@@ -167,7 +167,8 @@ def _search(chain: FeatureChain, u: np.ndarray, v: np.ndarray, norm: Norm, execu
     return CollisionResult(np.concatenate([r.budget for r in results]), None, None,
                            np.concatenate([r.iterations for r in results]), [s for r in results for s in r.status],
                            float(sum(r.seconds for r in results)), int(sum(r.programs for r in results)),
-                           results[0].settings)
+                           {**results[0].settings,
+                            "fallback_programs": int(sum(r.settings.get("fallback_programs", 0) for r in results))})
 
 
 def pair_budgets(chain: FeatureChain, inputs, labels, norm: Norm | str = "l2", *, eps_grid=None,
@@ -263,5 +264,6 @@ def pair_budgets(chain: FeatureChain, inputs, labels, norm: Norm | str = "l2", *
                 pruned=int((lb > eps_hi).sum()) if eps_hi is not None else 0, lipschitz=lip, programs=int(res.programs), statuses=statuses,
                 improved=int((res.budget < ub[sel] - 1e-12).sum()), search_seconds=res.seconds, seconds=seconds,
                 collisions_per_second=len(sel) / max(res.seconds, 1e-9), neighbours=neighbours, max_pairs=max_pairs,
-                solver=solver)
+                solver=solver, engine=res.settings.get("engine"),
+                fallback_programs=int(res.settings.get("fallback_programs", 0)))
     return PairBudgets(i, j, budget, y, info)

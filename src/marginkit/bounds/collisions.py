@@ -13,6 +13,9 @@ eps_f(u, v) = min max(||delta||, ||delta'||) s.t. f(u + delta) = f(v + delta')  
   positive (last layer: only where both sides' duals are positive, the two sides share that pattern), until
   no ReLU flips or the budget stops decreasing. With l2 and no box the search runs in the row space of the
   first layer (appendix D.1), which is exact: components orthogonal to it change nothing but the norm.
+* the descent's cone programs of many pairs are solved together by :mod:`marginkit.bounds.batched`
+  (``engine="auto"``: l2 without a box; an exact active-set method whose answers carry a KKT
+  certificate, Clarabel for the rest), otherwise one Clarabel / cvxpy program at a time;
 * tiny ReLU networks: ``method="enumerate"`` solves the cone program of every activation polytope, the
   exact global minimum (ground truth for tests).
 
@@ -136,6 +139,16 @@ class _Geometry:
 
     @classmethod
     def build(cls, chain: FeatureChain, norm: Norm, bounds) -> "_Geometry":
+        """Built once per chain, norm and box and kept on the chain (the row basis of a 784-input first
+        layer is an eigendecomposition that would otherwise dominate a call on a few pairs)."""
+        cache = chain.__dict__.setdefault("_geometry_cache", {})
+        key = (norm, None if bounds is None else tuple(bounds))
+        if key not in cache:
+            cache[key] = cls._build(chain, norm, bounds)
+        return cache[key]
+
+    @classmethod
+    def _build(cls, chain: FeatureChain, norm: Norm, bounds) -> "_Geometry":
         mats = [st.dense() for st in chain.stages]
         reduce = None
         if norm is Norm.L2 and bounds is None and mats:
@@ -590,7 +603,9 @@ def find_collisions(chain: FeatureChain, u: np.ndarray | torch.Tensor, v: np.nda
 
         stops = np.full(P, -np.inf) if stop_below is None else stop_below
         b, du, dv, iters, status, fallbacks = descent_batched(geo, u, v, max_iter=max_iter, dual_tol=dual_tol, atol=atol,
-                                                              rtol=rtol, stop=stops, fallback=prog)
+                                                              rtol=rtol, stop=stops, fallback=prog,
+                                                              initial_patterns=_initial_patterns, norms=_norms,
+                                                              verify=verify_collisions)
         settings.update(engine="batched", fallback_programs=int(fallbacks))
         return CollisionResult(b, du if return_delta else None, dv if return_delta else None, iters, status,
                                time.perf_counter() - t0, int(iters.sum()), settings)
