@@ -192,6 +192,8 @@ def test_pseudo_margin_zoo_table2_row(trained):
     assert row.n_fit <= 120 and row.n_eval <= 40 and row.fit["n_val"] == round(0.2 * row.n_fit)
     for part in (row.logit, row.pseudo):
         assert -1 <= part["kendall_tau"] <= 1 and part["n"] == row.n_eval
+    assert row.tau_gain == pytest.approx(row.pseudo["kendall_tau"] - row.logit["kendall_tau"])
+    assert row.tau_gain_ci[0] <= row.tau_gain <= row.tau_gain_ci[1]
     again = zoo.pseudo_margin_zoo(models[2], eps=0.3, n_eval=40, n_fit=120, config=cfg, n_resamples=50)
     assert again == row
     # The logit-margin row uses the same points and margins as evaluate_zoo's tau.
@@ -211,3 +213,32 @@ def test_entry_from_preset_matches_the_preset():
     assert spec.channels == (16, 32) and spec.hidden == 128
     assert ZooEntry.from_preset("cpu-mnist-cnn-amr").epochs == 10
     assert e.key() != ZooEntry.from_preset("cpu-mnist-cnn-amr", seed=2).key()
+
+
+def test_train_tasks_are_picklable_for_ray(tmp_path):
+    import pickle
+
+    task = zoo._TrainTask(_entries()[2], str(tmp_path))
+    back = pickle.loads(pickle.dumps(task))
+    assert back == task and back.entry.key() == task.entry.key()
+
+
+@pytest.mark.slow
+def test_train_zoo_on_ray_equals_local(tmp_path):
+    pytest.importorskip("ray")
+    from marginkit.parallel import ExecutorConfig
+
+    import os
+    import sys
+
+    entries = _entries()[:2]
+    local = train_zoo(entries, tmp_path / "local")
+    # Workers import marginkit from this test's sys.path (a worktree may differ from the installed copy).
+    env = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}}
+    remote = train_zoo(entries, tmp_path / "ray", executor=ExecutorConfig(workers=2, threads=1, runtime_env=env))
+    for a, b in zip(local, remote):
+        ma, _ = load_checkpoint(a.path)
+        mb, _ = load_checkpoint(b.path)
+        for pa, pb in zip(ma.state_dict().values(), mb.state_dict().values()):
+            assert torch.equal(pa, pb)
+    assert all(m.cached for m in train_zoo(entries, tmp_path / "ray", executor=ExecutorConfig(workers=2, runtime_env=env)))

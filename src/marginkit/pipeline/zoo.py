@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -131,8 +132,6 @@ def train_zoo(entries: Sequence[ZooEntry], cache_dir: Path | str, *, executor: E
         raise ValueError("entries contain the same settings twice; each model of a zoo must be distinct")
     cfg = executor if executor is not None else ExecutorConfig(executor="local", progress=progress)
     if executor is not None and executor.progress != progress:
-        from dataclasses import replace
-
         cfg = replace(executor, progress=progress)
     tasks = [_TrainTask(e, os.fspath(cache)) for e in entries]
     return run_many(tasks, config=cfg, done=lambda i: _stored(entries[i], cache), desc="zoo models",
@@ -341,8 +340,8 @@ def evaluate_zoo(models: Sequence[ZooModel], *, n_points: int, eps: Sequence[flo
         folder = Path(cache_dir) if cache_dir is not None else Path(m.path).parent
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{m.entry.key()}.eval-{tag}.json"
-        if path.exists():
-            out.append(ZooMetrics.from_dict(read_json(path), m.entry))
+        if path.exists():  # the label is display only (not part of the key): take the entry's current one
+            out.append(replace(ZooMetrics.from_dict(read_json(path), m.entry), label=m.entry.label))
         else:
             met = _evaluate_one(m, settings, cache_dir)
             write_json(path, met.to_dict())
@@ -360,6 +359,7 @@ class ZooPseudoMargin:
 
     ``logit`` / ``pseudo``: Kendall tau (with CI), AUROC, AUPR, FPR@95 at ``eps`` of each score on the same
     ``n_eval`` correctly classified test points (:func:`marginkit.consistency.compare_scores`).
+    ``tau_gain``: tau(pseudo) - tau(logit) with a paired bootstrap 95% CI over the evaluation points.
     ``n_fit``: correctly classified training points with a margin that the pseudo-margin was fitted on
     (a share ``config["val_fraction"]`` of them held out to choose the epoch); ``config``: the network and
     training settings; ``fit``: validation MSE, epochs run; ``seconds``: margins of the training points
@@ -376,9 +376,36 @@ class ZooPseudoMargin:
     config: dict[str, Any]
     fit: dict[str, Any]
     seconds: float
+    tau_gain: float | None = None
+    tau_gain_ci: tuple[float | None, float | None] = (None, None)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _paired_tau_gain(base: np.ndarray, new: np.ndarray, margin: np.ndarray, n_resamples: int,
+                     seed: int) -> tuple[float | None, tuple[float | None, float | None]]:
+    """Kendall tau of ``new`` minus that of ``base`` against ``margin`` on the same points, with a paired
+    percentile bootstrap CI (points resampled together: the two taus share their noise)."""
+    from scipy.stats import bootstrap, kendalltau
+
+    if len(margin) < 3:
+        return None, (None, None)
+    d = margin.copy()
+    inf = np.isinf(d)
+    if inf.any():  # ranks only: inf above every finite margin, tied among themselves
+        d[inf] = (d[~inf].max() if (~inf).any() else 0.0) + 1.0
+
+    def stat(b: np.ndarray, n: np.ndarray, m: np.ndarray) -> float:
+        return float(kendalltau(n, m).statistic - kendalltau(b, m).statistic)
+
+    value = stat(base, new, d)
+    if n_resamples <= 0 or math.isnan(value):
+        return (None if math.isnan(value) else value), (None, None)
+    res = bootstrap((base, new, d), stat, paired=True, vectorized=False, n_resamples=n_resamples,
+                    method="percentile", rng=np.random.default_rng(seed))
+    lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    return value, (None if math.isnan(lo) else lo, None if math.isnan(hi) else hi)
 
 
 # Appendix B.4 of the consistency paper: five dense layers of 512 ReLU units, a sigmoid output, MSE;
@@ -402,12 +429,15 @@ def pseudo_margin_zoo(model_info: ZooModel, *, eps: float, n_eval: int, n_fit: i
 
     cfg = config if config is not None else PseudoMarginConfig(hidden=PAPER_PSEUDO_HIDDEN, val_fraction=0.2, seed=seed)
     settings = {"eval_version": EVAL_VERSION, "eps": float(eps), "n_eval": int(n_eval), "n_fit": int(n_fit),
-                "norm": str(norm), "seed": int(seed), "preset": preset, "config": asdict(cfg), "n_resamples": n_resamples}
+                "norm": str(norm), "seed": int(seed), "preset": preset, "config": asdict(cfg), "n_resamples": n_resamples,
+                "paired_gain": True}
     tag = hashlib.sha256(json.dumps(settings, sort_keys=True, default=list).encode()).hexdigest()[:12]
     folder = Path(cache_dir) if cache_dir is not None else Path(model_info.path).parent
     path = folder / f"{model_info.entry.key()}.pseudo-{tag}.json"
     if path.exists():
-        return ZooPseudoMargin(**read_json(path))
+        stored = read_json(path)
+        stored["tau_gain_ci"] = tuple(stored.get("tau_gain_ci") or (None, None))
+        return ZooPseudoMargin(**stored)
     t0 = time.perf_counter()
     tr = zoo_margins(model_info, split="train", n_points=n_fit, seed=seed, norm=norm, preset=preset,
                      cache_dir=cache_dir, progress=progress)
@@ -423,11 +453,12 @@ def pseudo_margin_zoo(model_info: ZooModel, *, eps: float, n_eval: int, n_fit: i
     c = te.correct
     comp = compare_scores({"logit": te.logit_margin[c], "pseudo": pseudo[c]}, te.margin[c], float(eps),
                           n_resamples=n_resamples, seed=seed)
+    gain, gain_ci = _paired_tau_gain(te.logit_margin[c], pseudo[c], te.margin[c], n_resamples, seed)
     cfg_d = asdict(cfg)
     cfg_d["hidden"] = list(cfg_d["hidden"])
     out = ZooPseudoMargin(key=model_info.entry.key(), label=model_info.entry.label, eps=float(eps), n_eval=int(c.sum()),
                           n_fit=int(tr.correct.sum()), logit=comp["logit"], pseudo=comp["pseudo"], config=cfg_d,
                           fit={k: v for k, v in pm.info.items() if k != "val_indices"},
-                          seconds=time.perf_counter() - t0)
+                          seconds=time.perf_counter() - t0, tau_gain=gain, tau_gain_ci=gain_ci)
     write_json(path, out.to_dict())
     return out

@@ -10,9 +10,10 @@ MNIST experiments) is, for a batch of n points,
         + (1 - w) * (1/n) [ sum_{i correct} CE(f(x_i + delta*_i), y_i) + sum_{i misclassified} CE(f(x_i), y_i) ]
 
 where delta*_i is the minimal-norm adversarial perturbation of x_i capped at ``d_max``: a point whose
-margin exceeds ``d_max`` is trained on the perturbation of length ``d_max`` in the same direction (Ding et
-al. cap the search at d_max so that no point's margin is pushed further than that; points beyond it
-contribute a loss that is already small).
+margin exceeds ``d_max`` is trained on the perturbation of length ``d_max`` in the same direction. Ding et
+al. also stop at d_max (their AN-PGD searches eps in [0, d_max], and a point with no flip within d_max
+is trained on its PGD point at d_max), so that no margin is pushed beyond d_max; here the engine's
+direction, shortened, stands in for that PGD point, so one search serves every point.
 
 The paper finds delta* with AN-PGD (PGD at an adaptively chosen eps per sample). Here it comes from the
 library's minimal-norm engine (:func:`marginkit.attacks.input_margin`) with a short schedule of

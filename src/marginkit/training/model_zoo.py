@@ -96,7 +96,7 @@ class ZooEntry:
 
     def default_label(self) -> str:
         p = dict(self.params)
-        bits = [self.method if self.method != "pgd" else f"pgd-{p.get('norm', 'l2')}"]
+        bits = [f"{self.method}-{p['norm']}" if "norm" in p else self.method]
         for k in ("eps", "d_max", "beta", "lam"):
             if k in p:
                 bits.append(f"{k}={p[k]:g}" if isinstance(p[k], (int, float)) else f"{k}={p[k]}")
@@ -138,9 +138,9 @@ class ZooEntry:
 # budgets follow the min-vs-average paper (eps 2 for PGD-AT) and the linf budget the usual MNIST 0.1-0.3.
 def _methods(dataset: str, scale: str) -> list[tuple[str, dict[str, Any]]]:
     if dataset == "digits":  # 64 dimensions: typical l2 margins of a standard model are about 0.5-1
-        l2, linf, dmaxes = 0.5, 0.1, (0.5, 1.0)
+        l2, linf, dmaxes, linf_dmax = 0.5, 0.1, (0.5, 1.0, 2.0), 0.2
     else:
-        l2, linf, dmaxes = 1.0, 0.1, (1.0, 2.0)
+        l2, linf, dmaxes, linf_dmax = 1.0, 0.1, (1.0, 2.0, 4.0), 0.2
     steps = 5 if scale == "tiny" else 10
     out: list[tuple[str, dict[str, Any]]] = [
         ("standard", {}),
@@ -152,6 +152,7 @@ def _methods(dataset: str, scale: str) -> list[tuple[str, dict[str, Any]]]:
     ]
     mma_steps = 3 if scale == "tiny" else 10
     out += [("mma", {"norm": "l2", "d_max": d, "steps": mma_steps}) for d in dmaxes]
+    out.append(("mma", {"norm": "linf", "d_max": linf_dmax, "steps": mma_steps}))
     return out
 
 
@@ -159,7 +160,7 @@ def zoo_entries(scale: str) -> list[ZooEntry]:
     """The zoo of issue 19 at ``scale``.
 
     ``"tiny"``: digits, a 1-hidden-layer MLP of 32 units, 2 epochs of batch 256, seed 0, three methods
-    (standard, l2 PGD, MMA): seconds on a CPU, for tests. ``"quick"``: digits, every method, 2 seeds, 15 epochs
+    (standard, l2 PGD, MMA): seconds on a CPU, for tests. ``"quick"``: digits, every method, 3 seeds, 15 epochs
     (minutes). ``"full"``: mnist5k, every method, 3 seeds, the demo MLP (2 x 256) for 15 epochs (hours on
     a CPU; each model is cached, so it can run over several sittings).
     """
@@ -176,7 +177,7 @@ def zoo_entries(scale: str) -> list[ZooEntry]:
     if scale == "quick":
         return [ZooEntry(m, tuple(p.items()), arch="mlp", dataset="digits", seed=s, epochs=15,
                          spec=(("hidden", 64), ("depth", 1)), train=(("lr", 5e-3),))
-                for m, p in _methods("digits", "quick") for s in (0, 1)]
+                for m, p in _methods("digits", "quick") for s in (0, 1, 2)]
     if scale == "full":
         return [ZooEntry(m, tuple(p.items()), arch="mlp", dataset="mnist5k", seed=s, epochs=15)
                 for m, p in _methods("mnist5k", "full") for s in (0, 1, 2)]
