@@ -261,6 +261,15 @@ def test_a_folder_of_another_scale_or_settings_is_refused(tmp_path, fake_zoo):
         rp.run_reproduction(["dynamics"], out=tmp_path, scale="tiny", only=["fisher"])
 
 
+def test_a_changed_zoo_makes_the_stored_study_stale(tmp_path, fake_zoo, monkeypatch):
+    rp.run_reproduction(["consistency"], out=tmp_path, scale="tiny", only=["zoo"])
+    assert rp.run_reproduction(["consistency"], out=tmp_path, scale="tiny", only=["zoo"]).reused == ["zoo"]
+    monkeypatch.setattr(fake_zoo, "entries", lambda scale: [FakeEntry("standard", s) for s in (0, 1, 2)])
+    with pytest.raises(ValueError, match="the zoo changed"):
+        rp.run_reproduction(["consistency"], out=tmp_path, scale="tiny", only=["zoo"])
+    assert rp.run_reproduction(["consistency"], out=tmp_path, scale="tiny", only=["zoo"], force=True).ran == ["zoo"]
+
+
 def test_missing_zoo_is_reported_not_stored(tmp_path, monkeypatch):
     def missing():
         raise rp.StudyUnavailable("the model zoo is not available in this installation (test)")

@@ -208,6 +208,7 @@ class StudyResult:
     finished: str = ""
     command: str = ""
     status: str = "done"  # "done" | "unavailable"
+    inputs: str = ""  # hash of what the study depends on beyond its settings (e.g. the zoo's model keys)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -220,7 +221,7 @@ class StudyResult:
         return cls(**kw, measurements=[Measurement.from_dict(m) for m in d.get("measurements", [])],
                    figures=list(d.get("figures", [])), notes=list(d.get("notes", [])), data=dict(d.get("data", {})),
                    seconds=_num(d.get("seconds")), finished=d.get("finished", ""), command=d.get("command", ""),
-                   status=d.get("status", "done"))
+                   status=d.get("status", "done"), inputs=d.get("inputs", ""))
 
 
 @dataclass
@@ -663,13 +664,7 @@ _MASKING = Claim("within", "1000-iteration PGD 'serves as a good approximation o
 
 def _run_table1(s: Mapping[str, Any], ctx: _Context) -> StudyResult:
     api = _zoo_api()
-    entries, which = [], []
-    for arch, epochs in dict(s["archs"]).items():
-        for meth in ("std", "lcr", "amr"):
-            for sd in s["seeds"]:
-                entries.append(api["ZooEntry"].from_preset(f"cpu-mnist-{arch}-{meth}", seed=sd, epochs=epochs,
-                                                           dataset=s["dataset"]))
-                which.append((arch, meth))
+    entries, which = _table1_entries(api, s)
     cache = ctx.cache("zoo", "models")
     models = api["train_zoo"](entries, cache, executor=ctx.executor, progress=ctx.progress)
     metrics = api["evaluate_zoo"](models, n_points=s["n_points"], eps=_T1_EPS, norm="l2", seed=0, cache_dir=cache,
@@ -942,6 +937,28 @@ def _result(s: Mapping[str, Any], ms: list[Measurement], figs: list[dict[str, An
     return StudyResult("", "", "", "", "", "", "", dict(s), ms, figs, list(notes), data)
 
 
+def _table1_entries(api: dict[str, Any], s: Mapping[str, Any]) -> tuple[list[Any], list[tuple[str, str]]]:
+    entries, which = [], []
+    for arch, epochs in dict(s["archs"]).items():
+        for meth in ("std", "lcr", "amr"):
+            for sd in s["seeds"]:
+                entries.append(api["ZooEntry"].from_preset(f"cpu-mnist-{arch}-{meth}", seed=sd, epochs=epochs,
+                                                           dataset=s["dataset"]))
+                which.append((arch, meth))
+    return entries, which
+
+
+def _inputs(study: Study, scale: str) -> str:
+    """Hash of what a study depends on besides its settings: the model keys of the zoo it trains (the zoo's
+    scales are defined in :mod:`marginkit.training.model_zoo`, so they can change without these settings)."""
+    s = study.settings(scale)
+    if study.runner == "zoo":
+        return _key(sorted(e.key() for e in _zoo_api()["zoo_entries"](s["zoo_scale"])))
+    if study.runner == "table1":
+        return _key(sorted(e.key() for e in _table1_entries(_zoo_api(), s)[0]))
+    return ""
+
+
 def run_study(study: Study, scale: str, out: str | os.PathLike, *, executor: Any = None,
               progress: bool = False) -> StudyResult:
     """Run one study at ``scale`` (no resume check; see :func:`run_reproduction`) and return its result."""
@@ -951,6 +968,7 @@ def run_study(study: Study, scale: str, out: str | os.PathLike, *, executor: Any
     res = _RUNNERS[study.runner](settings, ctx)
     return replace(res, name=study.name, section=study.section, title=study.title, reference=study.reference,
                    claim=study.claim, paper_setting=study.paper_setting, scale=scale, settings=settings,
+                   inputs=_inputs(study, scale),
                    seconds=time.perf_counter() - t0, finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                    command=study_command(study, scale, out))
 
@@ -989,6 +1007,13 @@ def _stored(out: Path, study: Study, scale: str) -> StudyResult | None:
     if _key(d.get("settings")) != _key(study.settings(scale)):
         raise ValueError(f"{path} was made with other settings than this version's {scale!r} scale: use another "
                          f"--out folder (or --force to rerun it)")
+    try:
+        inputs = _inputs(study, scale)
+    except StudyUnavailable:
+        return None  # reported when the study is run
+    if d.get("inputs", "") != inputs:
+        raise ValueError(f"{path} was made from other models than this version's {study.name!r} study (the zoo "
+                         f"changed): use --force --only {study.name} to rerun it, or another --out folder")
     return StudyResult.from_dict(d)
 
 
