@@ -25,10 +25,9 @@ import time
 
 import numpy as np
 import torch
-from scipy import stats
 
 from marginkit.attacks import input_margin
-from marginkit.consistency import algorithm1_repeats, robust_accuracy
+from marginkit.consistency.algorithm1 import compare_with_subset
 from marginkit.data import load_dataset
 from marginkit.margins.gap import smallest_gap
 from marginkit.training import demo_model
@@ -43,19 +42,11 @@ def cached_margins(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, chu
         path = os.path.join(OUT, f"margins-{s:05d}-{min(s + chunk, len(x)):05d}.npy")
         if not os.path.exists(path):
             t0 = time.perf_counter()
-            res = input_margin(model, x[s:s + chunk], y[s:s + chunk], "l2", seed=seed)
+            res = input_margin(model, x[s:s + chunk], y[s:s + chunk], "l2")
             np.save(path, res.upper.double().cpu().numpy())
             print(f"margins {s}-{s + chunk}: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
         parts.append(np.load(path))
     return np.concatenate(parts)
-
-
-def paired(diff: np.ndarray, seed: int) -> dict[str, float]:
-    t = stats.t.ppf(0.975, len(diff) - 1) * diff.std(ddof=1) / np.sqrt(len(diff))
-    boot = stats.bootstrap((diff,), np.mean, n_resamples=5000, method="percentile", random_state=seed).confidence_interval
-    return {"mean": float(diff.mean()), "t_lo": float(diff.mean() - t), "t_hi": float(diff.mean() + t),
-            "boot_lo": float(boot.low), "boot_hi": float(boot.high),
-            "p_wilcoxon": float(stats.wilcoxon(diff).pvalue) if np.any(diff != 0) else 1.0}
 
 
 def main() -> None:
@@ -83,15 +74,10 @@ def main() -> None:
     correct = (logits.argmax(1) == y).numpy()
     rows = []
     for eps in [float(e) for e in args.eps.split(",")]:
-        full = robust_accuracy(correct, d_in, eps)
         for n in [int(v) for v in args.sizes.split(",")]:
-            ev = algorithm1_repeats(score, d_in, eps, n, correct, repeats=args.repeats, seed=args.seed)
-            a1 = 100 * np.asarray(ev.abs_errors)
-            sub = 100 * np.abs(np.asarray(ev.subset_values) - full)
-            diff = a1 - sub
-            rows.append({"eps": eps, "n": n, "N": len(x), "full": 100 * full, "a1_mae": float(a1.mean()),
-                         "subset_mae": float(sub.mean()), "a1_closer": float(np.mean(a1 < sub)),
-                         "ties": float(np.mean(a1 == sub)), **paired(diff, args.seed)})
+            row = compare_with_subset(score, d_in, correct, eps, n, repeats=args.repeats, seed=args.seed)
+            row.pop("a1_abs_errors")
+            rows.append(row)
     out = {"settings": {**vars(args), "N": len(x), "model": "demo mlp (256x2, mnist5k, standard)",
                         "model_test_accuracy": ckpt.metadata.get("test_accuracy"),
                         "accuracy_on_points": float(correct.mean()), "torch": torch.__version__},

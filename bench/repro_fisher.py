@@ -23,14 +23,10 @@ import time
 
 import numpy as np
 
-from marginkit.training.fisher import biased_head_check, head_level_check, random_posteriors, score_level_check
+from marginkit.training.fisher import (HAND_DISTRIBUTIONS, biased_head_check, head_level_check, random_posteriors,
+                                      score_level_grid)
 
-HAND = {
-    "dominant-0-near-tie": (np.array([0.4, 0.3, 0.2, 0.1]),
-                            np.array([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.36, 0.40, 0.24], [0.1, 0.3, 0.6]])),
-    "three-way-near-ties": (np.array([0.25, 0.25, 0.25, 0.25]),
-                            np.array([[0.34, 0.33, 0.33], [0.30, 0.36, 0.34], [0.32, 0.31, 0.37], [0.5, 0.45, 0.05]])),
-}
+HAND = HAND_DISTRIBUTIONS
 
 
 def main() -> None:
@@ -48,19 +44,7 @@ def main() -> None:
     ap.add_argument("--hand", default=",".join(HAND), help="hand-made distributions for the head-level check")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    score_rows = []
-    for classes in (3, 5):
-        for conc in (0.3, 1.0, 5.0):
-            for d in range(args.dists):
-                eta = random_posteriors(5, classes, concentration=conc, seed=1000 * classes + 10 * int(10 * conc) + d)
-                p = np.random.default_rng(d).dirichlet(np.ones(5))
-                for lam in (0.0, 0.01, 0.1, 1.0, 10.0, 100.0):
-                    for tau in (0.1, 1.0, 5.0, 40.0):
-                        chk = score_level_check(p, eta, lam, tau)
-                        uniq = np.sort(eta, 1)[:, -1] - np.sort(eta, 1)[:, -2] > 1e-9
-                        score_rows.append({"classes": classes, "concentration": conc, "dist": d, "lam": lam, "tau": tau,
-                                           "consistent": chk.consistent,
-                                           "min_slack": float(np.min(np.asarray(chk.slack)[uniq]))})
+    score_rows = score_level_grid(args.dists)
     n_ok = sum(r["consistent"] for r in score_rows)
     print(f"score level: {n_ok}/{len(score_rows)} (distribution, lam, tau) cases consistent; "
           f"smallest slack {min(r['min_slack'] for r in score_rows):.3g}; {time.perf_counter() - t0:.0f} s")

@@ -17,15 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 
 import numpy as np
 import torch
 from scipy import stats
 
-from marginkit.data import load_dataset
-from marginkit.training import train_preset
-from marginkit.training.fixedset import SUBSETS, FixedSetTracker
+from marginkit.training.fixedset import SUBSETS, fixed_set_run
 
 
 def ci(v: list[float]) -> str:
@@ -47,17 +44,9 @@ def main() -> None:
     args = ap.parse_args()
     runs = {}
     for seed in [int(s) for s in args.seeds.split(",")]:
-        ds = load_dataset("mnist5k", seed=seed)
-        p = args.points
-        tracker = FixedSetTracker({"train": (ds.x_train[:p], ds.y_train[:p]), "test": (ds.x_test[:p], ds.y_test[:p])},
-                                  every=args.every, samples=args.samples, seed=seed)
-        t0 = time.perf_counter()
-        res, _, _ = train_preset("cpu-mnist-mlp-std", seed=seed, callbacks=[tracker], epochs=args.epochs)
-        runs[seed] = {"seconds": time.perf_counter() - t0, "tracker_seconds": tracker.seconds,
-                      "test_accuracy": res.test_accuracy,
-                      "summaries": {split: {sub: tracker.summary(split, sub).to_dict() for sub in SUBSETS}
-                                    for split in tracker.splits}}
-        print(f"seed {seed}: {runs[seed]['seconds']:.0f} s, test accuracy {res.test_accuracy:.4f}", flush=True)
+        runs[seed] = fixed_set_run("cpu-mnist-mlp-std", seed=seed, points=args.points, samples=args.samples,
+                                   epochs=args.epochs, every=args.every)
+        print(f"seed {seed}: {runs[seed]['seconds']:.0f} s, test accuracy {runs[seed]['test_accuracy']:.4f}", flush=True)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as fh:
         json.dump({"settings": vars(args), "torch": torch.__version__, "runs": runs}, fh)

@@ -59,7 +59,7 @@ def main() -> None:
     results, timings = {}, {}
     for name, idx, samples in [(f"{PAPER_SAMPLES} samples", first, PAPER_SAMPLES),
                                (f"{args.many_samples} samples", torch.arange(args.many_points), args.many_samples)]:
-        ref = input_margin(model, x[idx], y[idx], "l2", seed=args.seed).upper
+        ref = input_margin(model, x[idx], y[idx], "l2").upper
         t0 = time.perf_counter()
         results[name] = theorem3_convergence(model, x[idx], y[idx], "l2", radius=5.0, samples=samples,
                                              reference=ref, seed=args.seed)

@@ -13,7 +13,7 @@ import typer
 
 from ._common import state
 
-COMMAND_MODULES = ["data", "train", "margins", "run", "consistency", "bounds", "dynamics"]
+COMMAND_MODULES = ["data", "train", "margins", "run", "consistency", "bounds", "dynamics", "reproduce"]
 
 app = typer.Typer(
     name="marginkit",

@@ -18,6 +18,7 @@ from .consistency import (
     subset_estimate,
 )
 from .estimate import EstimatorUnavailable, input_margin_columns, verify_function
+from .reproduce import STUDIES, ReproductionRun, Study, StudyResult, load_reproduction, run_reproduction
 from .run import Prepared, check_output_folder, job_settings, prepare, run_margins
 from .specs import DataRef, MarginJob, ModelRef, load_data_ref, load_model_ref
 from .table import INPUT_MARGIN_MODES, margin_table
@@ -55,6 +56,12 @@ __all__ = [
     "track_margins",
     "train_checkpoint",
     "verify_function",
+    "STUDIES",
+    "ReproductionRun",
+    "Study",
+    "StudyResult",
+    "load_reproduction",
+    "run_reproduction",
 ]
 
 from .bounds import PresetModel, preset_trainer, run_bounds_preset  # noqa: E402

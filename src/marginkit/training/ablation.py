@@ -174,7 +174,7 @@ def _mlp_margins(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Ablati
     xf = x.float()
     with torch.no_grad():
         correct = model(xf).argmax(1) == y
-    res = input_margin(model, xf, y, "l2", bounds=(-cfg.engine_bounds, cfg.engine_bounds), seed=seed)
+    res = input_margin(model, xf, y, "l2", bounds=(-cfg.engine_bounds, cfg.engine_bounds))
     up = res.upper.double()
     return torch.where(correct, up, -torch.ones_like(up))  # misclassified: counted non-robust at every eps
 

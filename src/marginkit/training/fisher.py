@@ -37,7 +37,8 @@ from torch import nn
 from .regularizers import feature_margin_term, orthogonality_penalty, truncate_margin
 
 __all__ = ["FisherCheck", "score_level_minimum", "score_level_check", "head_level_risk", "head_level_check",
-           "random_posteriors", "offset_score_minimum", "biased_head_check"]
+           "random_posteriors", "offset_score_minimum", "biased_head_check",
+           "HAND_DISTRIBUTIONS", "score_level_grid"]
 
 
 def _check_eta(eta: np.ndarray) -> np.ndarray:
@@ -311,3 +312,37 @@ def biased_head_check(p: Sequence[float] | np.ndarray, eta: np.ndarray, lam: flo
                        pred.tolist(), [], risk_free,
                        {"bias": b_free.tolist(), "bayes_risk": risk_bayes, "bayes_bias": b_bayes.tolist(),
                         "grid": f"{steps}^{C - 1} on [-{span}, {span}], then Nelder-Mead"})
+
+
+# Two small distributions with near ties (4 points, 3 classes): (p, eta). Near ties are where a bias the
+# margin term does not see can buy margin reward at little cross-entropy cost (see biased_head_check).
+HAND_DISTRIBUTIONS: dict[str, tuple[np.ndarray, np.ndarray]] = {
+    "dominant-0-near-tie": (np.array([0.4, 0.3, 0.2, 0.1]),
+                            np.array([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.36, 0.40, 0.24], [0.1, 0.3, 0.6]])),
+    "three-way-near-ties": (np.array([0.25, 0.25, 0.25, 0.25]),
+                            np.array([[0.34, 0.33, 0.33], [0.30, 0.36, 0.34], [0.32, 0.31, 0.37], [0.5, 0.45, 0.05]])),
+}
+
+
+def score_level_grid(dists: int, *, points: int = 5, classes: Sequence[int] = (3, 5),
+                     concentrations: Sequence[float] = (0.3, 1.0, 5.0),
+                     lams: Sequence[float] = (0.0, 0.01, 0.1, 1.0, 10.0, 100.0),
+                     taus: Sequence[float] = (0.1, 1.0, 5.0, 40.0)) -> list[dict[str, Any]]:
+    """:func:`score_level_check` over random distributions (``dists`` per (classes, concentration); seeded,
+    posteriors Dirichlet(concentration), point weights Dirichlet(1)) x ``lams`` x ``taus``: one row per case
+    with ``consistent`` and ``min_slack`` (how much the best wrong prediction loses by, over points with a
+    unique Bayes class)."""
+    rows = []
+    for c in classes:
+        for conc in concentrations:
+            for d in range(dists):
+                eta = random_posteriors(points, c, concentration=conc, seed=1000 * c + 10 * int(10 * conc) + d)
+                p = np.random.default_rng(d).dirichlet(np.ones(points))
+                uniq = np.sort(eta, 1)[:, -1] - np.sort(eta, 1)[:, -2] > 1e-9
+                for lam in lams:
+                    for tau in taus:
+                        chk = score_level_check(p, eta, lam, tau)
+                        rows.append({"classes": c, "concentration": conc, "dist": d, "lam": lam, "tau": tau,
+                                     "consistent": bool(chk.consistent),
+                                     "min_slack": float(np.min(np.asarray(chk.slack)[uniq])) if uniq.any() else float("nan")})
+    return rows

@@ -27,7 +27,7 @@ from ..margins import is_affine
 from ..norms import Norm, as_norm
 from .dynamics import lipschitz_margin
 
-__all__ = ["SUBSETS", "signed_margins", "FixedSetTracker", "FixedSetSummary", "fixed_set_summary"]
+__all__ = ["SUBSETS", "signed_margins", "FixedSetTracker", "FixedSetSummary", "fixed_set_summary", "fixed_set_run"]
 
 SUBSETS = ("correct-now", "final-correct", "always-correct", "all")
 
@@ -149,3 +149,28 @@ def fixed_set_summary(history: list[tuple[int, np.ndarray, np.ndarray]], subset:
         avgs.append(float(v.mean()) if v.size else float("nan"))
         abs_avgs.append(float(np.abs(v).mean()) if v.size else float("nan"))
     return FixedSetSummary(subset, epochs, size, mins, avgs, abs_avgs)
+
+
+def fixed_set_run(preset: str = "cpu-mnist-mlp-std", dataset: str = "mnist5k", *, seed: int = 0, points: int = 300,
+                  samples: int = 32, epochs: int | None = None, every: int = 5, radius: float = 5.0,
+                  progress: bool = False) -> dict[str, Any]:
+    """Train ``preset`` (``epochs`` overrides its epoch count) with a :class:`FixedSetTracker` on the first
+    ``points`` train and test points of the seed's split (Theorem 3 margins, ``samples`` per point) and
+    summarise every split over every subset of :data:`SUBSETS` (min-vs-average margin paper, Figs. 2, 6).
+
+    Returns ``{"seconds", "tracker_seconds", "test_accuracy", "summaries": {split: {subset: FixedSetSummary dict}}}``.
+    """
+    from ..data import load_dataset
+    from .presets import train_preset
+
+    ds = load_dataset(dataset, seed=seed)
+    p = points
+    tracker = FixedSetTracker({"train": (ds.x_train[:p], ds.y_train[:p]), "test": (ds.x_test[:p], ds.y_test[:p])},
+                              every=every, radius=radius, samples=samples, seed=seed)
+    over = {} if epochs is None else {"epochs": epochs}
+    t0 = time.perf_counter()
+    res, _, _ = train_preset(preset, dataset, seed=seed, callbacks=[tracker], progress=progress, **over)
+    return {"seconds": time.perf_counter() - t0, "tracker_seconds": tracker.seconds,
+            "test_accuracy": res.test_accuracy,
+            "summaries": {split: {sub: tracker.summary(split, sub).to_dict() for sub in SUBSETS}
+                          for split in tracker.splits}}
