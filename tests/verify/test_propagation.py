@@ -170,3 +170,34 @@ def test_bad_arguments_are_named():
         spec_lower_bounds(net, x + 2, ref, 0.1, "l2")
     with pytest.raises(ValueError, match="shape"):
         spec_lower_bounds(net, torch.rand(2, 3), ref, 0.1, "l2")
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_forward_mode_is_sound_and_equals_backward_on_the_second_layer(norm):
+    model = tiny_cnn(1)
+    x = torch.rand(3, 1, 6, 6, generator=torch.Generator().manual_seed(2))
+    net = as_relu_network(model, (1, 6, 6))
+    eps = {"linf": 0.05, "l2": 0.3, "l1": 1.0}[norm]
+    back = preactivation_bounds(net, x, eps, norm, method="crown", intermediate="backward")
+    fwd = preactivation_bounds(net, x, eps, norm, method="crown", intermediate="forward", backward_rows=0)
+    ibp = preactivation_bounds(net, x, eps, norm, method="ibp")
+    # one relaxed ReLU layer below: both modes concretise the same linear function on the unstable neurons
+    unstable = (ibp[1][0] < 0) & (ibp[1][1] > 0)
+    assert unstable.any()
+    for k in (0, 1):
+        assert torch.allclose(fwd[1][k][unstable], back[1][k][unstable], atol=1e-9)
+    pts = _sample_ball(x, eps, norm, 400, seed=3).reshape(-1, 1, 6, 6)
+    z = pts
+    for i, (lo, hi) in enumerate(fwd):
+        assert (lo >= ibp[i][0] - 1e-12).all() and (hi <= ibp[i][1] + 1e-12).all()
+        z = net.layers[i].forward(z if i == 0 else torch.relu(z)).reshape(3, 400, -1)
+        assert (z >= lo[:, None] - 1e-9).all() and (z <= hi[:, None] + 1e-9).all(), i
+        z = z.reshape(3 * 400, *net.layers[i].out_shape)
+    ref = model(x).argmax(1)
+    lb = spec_lower_bounds(net, x, ref, eps, norm, method="crown", intermediate="forward")
+    with torch.no_grad():
+        logits = model.double()(pts).reshape(3, 400, -1)
+        model.float()
+    gaps = torch.einsum("nkc,nmc->nmk", specification_matrix(ref, 4, dtype=torch.float64), logits)
+    assert (gaps >= lb[:, None] - 1e-9).all()
+    assert (lb >= spec_lower_bounds(net, x, ref, eps, norm, method="ibp") - 1e-12).all()

@@ -63,6 +63,7 @@ METHODS = ("ibp", "crown", "alpha-crown")
 
 _L2_DUAL_STEPS = 12
 _MAX_ELEMENTS = 2**23  # entries of one (rows, width) tensor in a chunk: 64 MiB in float64
+_BACKWARD_ROWS = 256  # forward mode: backward passes for a layer with at most this many unstable neurons left
 
 
 # --------------------------------------------------------------------------------------------------
@@ -149,6 +150,57 @@ def _concretize(a: Tensor, inp: _Input, tight: bool) -> Tensor:
     else:
         out = _masked_ball_bound(a, inp)
     return torch.maximum(out, _box_bound(a, inp.xl, inp.xu)) if boxed else out
+
+
+# --------------------------------------------------------------------------------------------------
+# forward-mode linear bounds of the intermediate layers
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Linear:
+    """Linear bounds of one layer's pre-activations in the flat input x, as centre and radius functions.
+
+    ``mid``, ``rad`` (n, 1 + D, width): row 0 the constant, rows 1..D the coefficients of x, so that
+    mid(x) - rad(x) <= z(x) <= mid(x) + rad(x) for every x in S.
+    """
+
+    mid: Tensor
+    rad: Tensor
+
+    @staticmethod
+    def first(net: ReluNetwork, inp: _Input, bias: Tensor) -> "_Linear":
+        """z_1 = W_1 x + b_1 exactly: the coefficients are the linear part applied to the unit vectors."""
+        layer = net.layers[0]
+        d = layer.in_features
+        eye = torch.eye(d, dtype=inp.x.dtype, device=inp.x.device).reshape(d, *layer.in_shape)
+        coef = layer.linear_bounds(eye, torch.zeros_like(eye))[0].reshape(d, -1)
+        mid = torch.cat((bias[None], coef))[None].expand(inp.x.shape[0], -1, -1)
+        return _Linear(mid, torch.zeros_like(mid))
+
+    def relu(self, r: "_Relax") -> "_Linear":
+        """Through relu: alpha lower(z) <= relu(z) <= s upper(z) + t (alpha, s >= 0, the CROWN lines)."""
+        alpha, s = r.alpha0[:, None], r.up_slope[:, None]
+        lo = alpha * (self.mid - self.rad)
+        up = s * (self.mid + self.rad)
+        up[:, 0] += r.up_int
+        return _Linear((up + lo) / 2, (up - lo) / 2)
+
+    def through(self, layer: Affine, bias: Tensor) -> "_Linear":
+        n, rows = self.mid.shape[:2]
+        mid, rad = layer.linear_bounds(self.mid.reshape(n * rows, *layer.in_shape), self.rad.reshape(n * rows, *layer.in_shape))
+        mid, rad = mid.reshape(n, rows, -1), rad.reshape(n, rows, -1)
+        mid[:, 0] += bias
+        return _Linear(mid, rad)
+
+    def concretize(self, inp: _Input) -> tuple[Tensor, Tensor]:
+        """Lower and upper bounds over S, (n, width) each (the intermediate concretisation of the module docstring)."""
+        lo = self.mid - self.rad
+        lower = _concretize(lo[:, 1:].transpose(1, 2), inp, False) + lo[:, 0]
+        del lo
+        up = self.mid + self.rad
+        upper = up[:, 0] - _concretize(-up[:, 1:].transpose(1, 2), inp, False)
+        return lower, upper
 
 
 # --------------------------------------------------------------------------------------------------
@@ -287,21 +339,45 @@ def _crown_layer(net: ReluNetwork, j: int, ibp: tuple[Tensor, Tensor], relax: Se
 
 
 def _intermediate(net: ReluNetwork, inp: _Input, method: str, max_elements: int, biases: Sequence[Tensor],
-                  tight_intermediate: bool = False, alpha_steps: int = 0, alpha_lr: float = 0.1
+                  tight_intermediate: bool = False, alpha_steps: int = 0, alpha_lr: float = 0.1,
+                  intermediate: str = "backward", backward_rows: int = 0
                   ) -> tuple[list[tuple[Tensor, Tensor]], list[_Relax]]:
     bounds: list[tuple[Tensor, Tensor]] = []
     relax: list[_Relax] = []
+    forward = method != "ibp" and intermediate == "forward" and len(net.layers) > 2
+    lin: _Linear | None = _Linear.first(net, inp, biases[0]) if forward else None
     for j in range(len(net.layers) - 1):
         if j == 0:
             lo, hi = _first_layer(net, inp, max_elements)
         else:
             lo, hi = _interval_next(net, j, *bounds[-1])
-            if method != "ibp":
+            if lin is not None:
+                lin = lin.relu(relax[-1]).through(net.layers[j], biases[j])
+                flo, fhi = lin.concretize(inp)
+                lo, hi = torch.maximum(lo, flo), torch.minimum(hi, fhi)
+                if j == len(net.layers) - 2:
+                    lin = None  # the last ReLU layer: nothing is propagated further
+            if method != "ibp" and (not forward or int(((lo < 0) & (hi > 0)).sum(1).max()) <= backward_rows):
                 lo, hi = _crown_layer(net, j, (lo, hi), relax, biases, inp, max_elements, tight_intermediate,
                                       alpha_steps if method == "alpha-crown" else 0, alpha_lr)
         bounds.append((lo, hi))
         relax.append(_Relax.of(lo, hi))
     return bounds, relax
+
+
+def _resolve_intermediate(net: ReluNetwork, intermediate: str) -> str:
+    """"auto": forward mode when the ReLU layers after the first hold more neurons than the input has entries.
+
+    A backward pass costs one row per unstable neuron and a forward pass one row per input entry (the
+    first layer is exact either way), so forward mode is the cheaper one for convolutional networks, whose
+    activations are many times wider than their inputs, and backward mode for narrow MLPs.
+    """
+    mode = intermediate.lower()
+    if mode not in ("auto", "backward", "forward"):
+        raise ValueError(f"unknown intermediate mode {intermediate!r}: choose auto, backward or forward")
+    if mode == "auto":
+        return "forward" if sum(net.widths[1:]) > net.layers[0].in_features else "backward"
+    return mode
 
 
 def _ibp_spec(net: ReluNetwork, c: Tensor, bounds: Sequence[tuple[Tensor, Tensor]], inp: _Input, biases: Sequence[Tensor]) -> Tensor:
@@ -391,17 +467,27 @@ def _check_method(method: str) -> str:
     return m
 
 
-def _sample_chunk(net: ReluNetwork, rows: int, max_elements: int) -> int:
+def _sample_chunk(net: ReluNetwork, rows: int, max_elements: int, intermediate: str = "backward") -> int:
     total = sum(net.widths) + net.layers[0].in_features
-    return max(1, max_elements // max(1, 4 * rows * total))
+    step = max(1, max_elements // max(1, 4 * rows * total))
+    if intermediate == "forward":  # about six (1 + D, width) tensors per sample live at once
+        widest = max([net.layers[0].in_features] + [lay.out_features for lay in net.layers])
+        step = min(step, max(1, max_elements // (6 * (net.layers[0].in_features + 1) * widest)))
+    return step
 
 
 def compute_bounds(net: ReluNetwork, inp: _Input, c: Tensor | None, method: str, *, alpha_steps: int = 40, alpha_lr: float = 0.1,
-                   alpha_intermediate: int = 0, stop_when_certified: bool = False, max_elements: int = _MAX_ELEMENTS) -> Bounds:
-    """Bounds of one chunk of samples (see :func:`spec_lower_bounds`); ``c`` None: pre-activations only."""
+                   alpha_intermediate: int = 0, stop_when_certified: bool = False, max_elements: int = _MAX_ELEMENTS,
+                   intermediate: str = "backward", backward_rows: int = _BACKWARD_ROWS) -> Bounds:
+    """Bounds of one chunk of samples (see :func:`spec_lower_bounds`); ``c`` None: pre-activations only.
+
+    The whole chunk is processed at once: in forward mode its memory grows with (1 + D) x width per sample.
+    """
+    mode = _resolve_intermediate(net, intermediate)
     with torch.no_grad():
         biases = _biases(net, inp.x.dtype, inp.x.device)
-        preact, relax = _intermediate(net, inp, method, max_elements, biases, False, alpha_intermediate, alpha_lr)
+        preact, relax = _intermediate(net, inp, method, max_elements, biases, False, alpha_intermediate, alpha_lr,
+                                      mode, backward_rows)
         if c is None:
             return Bounds(None, preact)
         spec = _ibp_spec(net, c, preact, inp, biases)
@@ -414,18 +500,21 @@ def compute_bounds(net: ReluNetwork, inp: _Input, c: Tensor | None, method: str,
 
 def preactivation_bounds(net: ReluNetwork, x: Tensor, eps: Tensor | float, norm: Norm | str, *,
                          bounds: tuple[float, float] | None = (0.0, 1.0), method: str = "crown",
-                         dtype: torch.dtype = torch.float64, max_elements: int = _MAX_ELEMENTS) -> list[tuple[Tensor, Tensor]]:
+                         dtype: torch.dtype = torch.float64, max_elements: int = _MAX_ELEMENTS, intermediate: str = "backward",
+                         backward_rows: int = _BACKWARD_ROWS) -> list[tuple[Tensor, Tensor]]:
     """Sound bounds of every ReLU layer's pre-activations over B_p(x, eps) ∩ box, per layer (lower, upper) (N, width).
 
     ``eps`` a float or (N,) per-sample radii; ``bounds`` the input box (None: no box); ``method`` "ibp" or
     "crown" ("alpha-crown" gives CROWN's intermediate bounds: its slopes are optimised for the
-    specification only). Flattened widths, in ``dtype`` on the network's device.
+    specification only). Flattened widths, in ``dtype`` on the network's device. ``intermediate`` and
+    ``backward_rows``: see :func:`spec_lower_bounds`.
     """
     m = _check_method(method)
     inp = _prepare(net, x, eps, norm, bounds, dtype)
     n = inp.x.shape[0]
-    step = _sample_chunk(net, 1, max_elements * 8)
-    parts = [compute_bounds(net, inp.subset(slice(s, s + step)), None, m, max_elements=max_elements).preact
+    step = _sample_chunk(net, 1, max_elements * 8, _resolve_intermediate(net, intermediate))
+    parts = [compute_bounds(net, inp.subset(slice(s, s + step)), None, m, max_elements=max_elements, intermediate=intermediate,
+                            backward_rows=backward_rows).preact
              for s in range(0, n, step)]
     return [(torch.cat([p[i][0] for p in parts]), torch.cat([p[i][1] for p in parts])) for i in range(len(net.layers) - 1)]
 
@@ -433,7 +522,8 @@ def preactivation_bounds(net: ReluNetwork, x: Tensor, eps: Tensor | float, norm:
 def spec_lower_bounds(net: ReluNetwork, x: Tensor, ref: Tensor, eps: Tensor | float, norm: Norm | str, *,
                       method: str = "crown", bounds: tuple[float, float] | None = (0.0, 1.0), alpha_steps: int = 40,
                       alpha_lr: float = 0.1, alpha_intermediate: int = 0, stop_when_certified: bool = False,
-                      dtype: torch.dtype = torch.float64, max_elements: int = _MAX_ELEMENTS) -> Tensor:
+                      dtype: torch.dtype = torch.float64, max_elements: int = _MAX_ELEMENTS, intermediate: str = "backward",
+                      backward_rows: int = _BACKWARD_ROWS) -> Tensor:
     """Certified lower bounds of f^ref - f^j over B_p(x, eps) ∩ box for every j != ref, shape (N, C-1).
 
     The rows follow :func:`marginkit.margins.gap.specification_matrix` (classes in increasing order,
@@ -441,6 +531,11 @@ def spec_lower_bounds(net: ReluNetwork, x: Tensor, ref: Tensor, eps: Tensor | fl
     ``method``: "ibp", "crown" or "alpha-crown" (``alpha_steps`` Adam steps of size ``alpha_lr``,
     ``alpha_intermediate`` steps for the intermediate bounds;
     ``stop_when_certified`` stops once every row of the chunk is positive, as the radius search needs).
+    ``intermediate``: how CROWN bounds the pre-activations of the ReLU layers after the first (module
+    docstring, *Intermediate layers*): "backward" (one backward pass per unstable neuron), "forward"
+    (forward-mode linear bounds, plus backward passes for a layer whose unstable neurons, after the
+    forward bounds, number at most ``backward_rows`` per sample) or "auto" (forward when the ReLU layers
+    after the first are wider in total than the input, as in CNNs; backward otherwise).
     """
     m = _check_method(method)
     inp = _prepare(net, x, eps, norm, bounds, dtype)
@@ -449,8 +544,9 @@ def spec_lower_bounds(net: ReluNetwork, x: Tensor, ref: Tensor, eps: Tensor | fl
     if ref.shape[0] != n:
         raise ValueError(f"ref has {ref.shape[0]} entries for {n} inputs")
     c = specification_matrix(ref, net.num_classes, dtype=dtype)
-    step = _sample_chunk(net, c.shape[1], max_elements * 8)
+    step = _sample_chunk(net, c.shape[1], max_elements * 8, _resolve_intermediate(net, intermediate))
     out = [compute_bounds(net, inp.subset(slice(s, s + step)), c[s:s + step], m, alpha_steps=alpha_steps, alpha_lr=alpha_lr,
-                          alpha_intermediate=alpha_intermediate, stop_when_certified=stop_when_certified, max_elements=max_elements).spec
+                          alpha_intermediate=alpha_intermediate, stop_when_certified=stop_when_certified, max_elements=max_elements,
+                          intermediate=intermediate, backward_rows=backward_rows).spec
            for s in range(0, n, step)]
     return torch.cat([o for o in out if o is not None]) if out else torch.zeros((0, net.num_classes - 1), dtype=dtype)
