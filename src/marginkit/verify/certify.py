@@ -73,6 +73,7 @@ def certify(
     alpha_intermediate: int = 0,
     dtype: torch.dtype = torch.float64,
     max_elements: int | None = None,
+    intermediate: str = "auto",
 ) -> CertifyResult:
     """Certified lower bounds of the input margin, bracketed with the caller's verified ``upper`` bounds.
 
@@ -85,6 +86,8 @@ def certify(
     (alpha-CROWN: ``alpha_steps`` Adam steps of size ``alpha_lr`` on the specification rows' slopes, and
     ``alpha_intermediate`` steps on the slopes behind each intermediate neuron's bounds, 0: CROWN's)
     (:func:`marginkit.verify.radius.certified_radius`). Computation runs on the model's device in ``dtype``.
+    ``intermediate``: how CROWN bounds the intermediate layers (:func:`marginkit.verify.spec_lower_bounds`;
+    "auto" uses receptive-field backward passes where a layer below is convolutional or pooling).
     """
     m = _check_method(method)
     p = as_norm(norm)
@@ -104,7 +107,8 @@ def certify(
     if up.shape[0] != n:
         raise ValueError(f"upper has {up.shape[0]} entries for {n} inputs")
     wrong = (logits.argmax(1).cpu() != ref) if labels is not None else torch.zeros(n, dtype=torch.bool)
-    kw: dict[str, Any] = {"alpha_steps": alpha_steps, "alpha_lr": alpha_lr, "alpha_intermediate": alpha_intermediate, "dtype": dtype}
+    kw: dict[str, Any] = {"alpha_steps": alpha_steps, "alpha_lr": alpha_lr, "alpha_intermediate": alpha_intermediate, "dtype": dtype,
+                          "intermediate": intermediate}
     if max_elements is not None:
         kw["max_elements"] = max_elements
     keep = (~wrong).nonzero().squeeze(1)
@@ -127,6 +131,6 @@ def certify(
         seconds=torch.full((n,), total / max(n, 1), dtype=torch.float64), evaluations=evals, method=m, norm=p,
         labels=ref, total_seconds=total,
         settings={"method": m, "rtol": rtol, "alpha_steps": alpha_steps, "alpha_lr": alpha_lr,
-                  "alpha_intermediate": alpha_intermediate, "bounds": bounds,
+                  "alpha_intermediate": alpha_intermediate, "intermediate": intermediate, "bounds": bounds,
                   "dtype": str(dtype).replace("torch.", ""), "torch": torch.__version__},
     )

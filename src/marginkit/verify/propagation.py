@@ -39,6 +39,21 @@ sound), so CROWN is never looser than IBP and alpha-CROWN never looser than CROW
   coordinates whose descent direction leaves the box at once (a_k > 0 with x_k = lo, a_k < 0 with
   x_k = hi: MNIST-like inputs sit on the box for most pixels).
 
+**Intermediate layers** (``intermediate``): CROWN bounds each unstable neuron of a ReLU layer by one
+backward pass. "dense" carries each pass as a full-width row through the transposed layers. On
+convolutional networks a neuron depends on a small window of each layer below (its receptive field), so
+"sparse" carries the row only over that window, the idea of auto_LiRPA's "patches" mode applied to
+any sparse layer: each layer's nonzero weights are read once into a fan-in table (out, F) (the product
+of its ops' sparse matrices), the receptive fields of a chunk of neurons are found by pushing index sets
+down the tables (a window read by several output channels is computed once), and the pass gathers the
+weights and scatter-adds into the window below. Same sums as the dense pass, in another order. "auto"
+uses it for a layer when a row over the receptive fields costs less than a full-width row (a dense
+layer above a convolution sees everything, so it stays dense), and only on networks with a convolution
+or pooling below the last layer. "forward" (opt-in) bounds the intermediate layers by forward-mode
+linear bounds in x (cost proportional to the input dimension, looser than the backward passes after a
+few layers), with backward passes for a layer whose unstable neurons number at most ``backward_rows``
+per sample afterwards; every mode intersects with the interval bounds.
+
 Computation runs in float64 by default (``dtype``) on the network's device; samples and specification
 or neuron rows are processed in chunks of at most ``max_elements`` entries per (rows, width) tensor.
 """
@@ -743,10 +758,11 @@ def spec_lower_bounds(net: ReluNetwork, x: Tensor, ref: Tensor, eps: Tensor | fl
     ``alpha_intermediate`` steps for the intermediate bounds;
     ``stop_when_certified`` stops once every row of the chunk is positive, as the radius search needs).
     ``intermediate``: how CROWN bounds the pre-activations of the ReLU layers after the first (module
-    docstring, *Intermediate layers*): "backward" (one backward pass per unstable neuron), "forward"
-    (forward-mode linear bounds, plus backward passes for a layer whose unstable neurons, after the
-    forward bounds, number at most ``backward_rows`` per sample) or "auto" (forward when the ReLU layers
-    after the first are wider in total than the input, as in CNNs; backward otherwise).
+    docstring, *Intermediate layers*): "dense" (one full-width backward pass per unstable neuron),
+    "sparse" (the same passes over receptive fields only: the same bounds up to float rounding),
+    "auto" (sparse per layer where cheaper, on networks with a convolution or pooling; dense otherwise)
+    or "forward" (forward-mode linear bounds, plus backward passes for a layer whose unstable neurons,
+    after the forward bounds, number at most ``backward_rows`` per sample: cheaper, looser).
     """
     m = _check_method(method)
     inp = _prepare(net, x, eps, norm, bounds, dtype)
