@@ -55,7 +55,7 @@ def _table(args: argparse.Namespace) -> list[dict]:
         x = ds.x_test[:n]
         for norm in args.norms.split(","):
             t0 = time.perf_counter()
-            att = input_margin(model, x, norm=norm, seed=0)
+            att = input_margin(model, x, norm=norm)
             t_att = (time.perf_counter() - t0) / n
             up = att.upper
             for method in args.methods.split(","):

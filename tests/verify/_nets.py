@@ -54,3 +54,15 @@ def enumerated(norm: str) -> tuple[nn.Sequential, torch.Tensor, torch.Tensor]:
     model = tiny_mlp(width=4, seed=4)
     x = torch.rand(2, 2, generator=torch.Generator().manual_seed(1))[: 2 if norm == "l2" else 1]
     return model, x, torch.as_tensor(enumerate_margin(model, x, norm=norm).margin)
+
+
+def tiny_demo_cnn(seed: int = 0) -> nn.Sequential:
+    """The demo CNN's layout (conv, ReLU, max-pool twice, then a dense ReLU layer) on 1x8x8 inputs."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(),
+                          nn.MaxPool2d(2), nn.Flatten(), nn.Linear(12, 6), nn.ReLU(), nn.Linear(6, 3)).eval()
+    with torch.no_grad():  # centred, larger weights: decisions change inside the unit box
+        for layer in (model[0], model[3], model[7], model[9]):
+            layer.weight.mul_(3.0)
+            layer.bias.copy_(-0.5 * layer.weight.sum(tuple(range(1, layer.weight.dim()))))
+    return model

@@ -9,7 +9,7 @@ from marginkit.verify import as_relu_network, preactivation_bounds, spec_lower_b
 from marginkit.verify.propagation import _Input, _l1_exact, _l2_dual
 from marginkit.norms import Norm
 
-from ._nets import abs_net, enumerated, tiny_cnn, tiny_mlp
+from ._nets import abs_net, enumerated, tiny_cnn, tiny_demo_cnn, tiny_mlp
 
 NORMS = ("linf", "l2", "l1")
 METHODS = ("ibp", "crown", "alpha-crown")
@@ -170,3 +170,76 @@ def test_bad_arguments_are_named():
         spec_lower_bounds(net, x + 2, ref, 0.1, "l2")
     with pytest.raises(ValueError, match="shape"):
         spec_lower_bounds(net, torch.rand(2, 3), ref, 0.1, "l2")
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_forward_mode_is_sound_and_equals_backward_on_the_second_layer(norm):
+    model = tiny_cnn(1)
+    x = torch.rand(3, 1, 6, 6, generator=torch.Generator().manual_seed(2))
+    net = as_relu_network(model, (1, 6, 6))
+    eps = {"linf": 0.05, "l2": 0.3, "l1": 1.0}[norm]
+    back = preactivation_bounds(net, x, eps, norm, method="crown", intermediate="dense")
+    fwd = preactivation_bounds(net, x, eps, norm, method="crown", intermediate="forward", backward_rows=0)
+    ibp = preactivation_bounds(net, x, eps, norm, method="ibp")
+    # one relaxed ReLU layer below: both modes concretise the same linear function on the unstable neurons
+    unstable = (ibp[1][0] < 0) & (ibp[1][1] > 0)
+    assert unstable.any()
+    for k in (0, 1):
+        assert torch.allclose(fwd[1][k][unstable], back[1][k][unstable], atol=1e-9)
+    pts = _sample_ball(x, eps, norm, 400, seed=3).reshape(-1, 1, 6, 6)
+    z = pts
+    for i, (lo, hi) in enumerate(fwd):
+        assert (lo >= ibp[i][0] - 1e-12).all() and (hi <= ibp[i][1] + 1e-12).all()
+        z = net.layers[i].forward(z if i == 0 else torch.relu(z)).reshape(3, 400, -1)
+        assert (z >= lo[:, None] - 1e-9).all() and (z <= hi[:, None] + 1e-9).all(), i
+        z = z.reshape(3 * 400, *net.layers[i].out_shape)
+    ref = model(x).argmax(1)
+    lb = spec_lower_bounds(net, x, ref, eps, norm, method="crown", intermediate="forward")
+    with torch.no_grad():
+        logits = model.double()(pts).reshape(3, 400, -1)
+        model.float()
+    gaps = torch.einsum("nkc,nmc->nmk", specification_matrix(ref, 4, dtype=torch.float64), logits)
+    assert (gaps >= lb[:, None] - 1e-9).all()
+    assert (lb >= spec_lower_bounds(net, x, ref, eps, norm, method="ibp") - 1e-12).all()
+
+
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("make", [tiny_cnn, tiny_demo_cnn])
+def test_receptive_field_passes_equal_the_dense_passes(norm, make):
+    model = make(3)
+    shape = (1, 6, 6) if make is tiny_cnn else (1, 8, 8)
+    x = torch.rand(4, *shape, generator=torch.Generator().manual_seed(4))
+    net = as_relu_network(model, shape)
+    ref = model(x).argmax(1)
+    eps = {"linf": 0.05, "l2": 0.3, "l1": 1.0}[norm]
+    dense = preactivation_bounds(net, x, eps, norm, intermediate="dense")
+    sparse = preactivation_bounds(net, x, eps, norm, intermediate="sparse")
+    assert any(bool(((lo < 0) & (hi > 0)).any()) for lo, hi in dense[1:])  # something to refine
+    for (dl, du), (sl, su) in zip(dense, sparse):
+        assert torch.allclose(dl, sl, atol=1e-6, rtol=0) and torch.allclose(du, su, atol=1e-6, rtol=0)
+    want = spec_lower_bounds(net, x, ref, eps, norm, method="crown", intermediate="dense")
+    for mode in ("sparse", "auto"):
+        got = spec_lower_bounds(net, x, ref, eps, norm, method="crown", intermediate=mode)
+        assert torch.allclose(got, want, atol=1e-6, rtol=0), mode
+    # small chunks give the same receptive-field bounds
+    small = preactivation_bounds(net, x, eps, norm, intermediate="sparse", max_elements=256)
+    for (al, au), (bl, bu) in zip(sparse, small):
+        assert torch.allclose(al, bl, atol=1e-9) and torch.allclose(au, bu, atol=1e-9)
+
+
+def test_receptive_field_bounds_are_sound_on_a_tiny_cnn():
+    model = tiny_demo_cnn(5)
+    x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(6))
+    net = as_relu_network(model, (1, 8, 8))
+    ref = model(x).argmax(1)
+    for norm, eps in (("linf", 0.04), ("l2", 0.4), ("l1", 1.5)):
+        pts = _sample_ball(x, eps, norm, 500, seed=7)
+        with torch.no_grad():
+            logits = model.double()(pts.reshape(-1, 1, 8, 8)).reshape(4, 500, -1)
+            model.float()
+        gaps = torch.einsum("nkc,nmc->nmk", specification_matrix(ref, 3, dtype=torch.float64), logits)
+        ibp = spec_lower_bounds(net, x, ref, eps, norm, method="ibp")
+        for method in ("crown", "alpha-crown"):
+            lb = spec_lower_bounds(net, x, ref, eps, norm, method=method, intermediate="sparse", alpha_steps=10)
+            assert (gaps >= lb[:, None] - 1e-9).all(), (norm, method)
+            assert (lb >= ibp - 1e-12).all()

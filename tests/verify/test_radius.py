@@ -87,3 +87,21 @@ def test_box_cap_and_bad_arguments():
         certify(model, x, norm="l2", upper=torch.tensor([0.1, 0.2]))
     with pytest.raises(ValueError, match="rtol"):
         certify(model, x, norm="l2", upper=torch.tensor([0.1]), rtol=0.0)
+
+
+@pytest.mark.filterwarnings("ignore:the model returned an all-zero input gradient")
+def test_cnn_radius_stays_below_the_attack_on_the_receptive_field_path():
+    from marginkit.attacks import input_margin
+
+    from ._nets import tiny_demo_cnn
+
+    model = tiny_demo_cnn(2)
+    x = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(8))
+    up = input_margin(model, x, norm="l2").upper
+    res = certify(model, x, norm="l2", upper=up, method="crown", rtol=0.01)
+    dense = certified_radius(as_relu_network(model, (1, 8, 8)), x, model(x).argmax(1), "l2", upper=up, method="crown",
+                             intermediate="dense")
+    ok = torch.isfinite(up)
+    assert ok.all() and (res.lower[ok] <= up[ok] * (1 + 1e-9)).all()
+    assert (res.lower > 0).any()
+    assert torch.allclose(res.lower, dense.lower, rtol=1e-6)

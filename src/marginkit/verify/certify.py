@@ -74,6 +74,7 @@ def certify(
     dtype: torch.dtype = torch.float64,
     max_elements: int | None = None,
     time_limit: float = 20.0,
+    intermediate: str = "auto",
 ) -> CertifyResult:
     """Certified lower bounds of the input margin, bracketed with the caller's verified ``upper`` bounds.
 
@@ -88,6 +89,8 @@ def certify(
     (:func:`marginkit.verify.radius.certified_radius`). ``method="bab"``: from the alpha-CROWN radius on,
     branch and bound over ReLU phases within ``time_limit`` seconds per sample
     (:func:`marginkit.verify.bab.bab_radius`). Computation runs on the model's device in ``dtype``.
+    ``intermediate``: how CROWN bounds the intermediate layers (:func:`marginkit.verify.spec_lower_bounds`;
+    "auto" uses receptive-field backward passes where a layer below is convolutional or pooling).
     """
     bab = method.lower() == "bab"
     m = "bab" if bab else _check_method(method)
@@ -108,7 +111,8 @@ def certify(
     if up.shape[0] != n:
         raise ValueError(f"upper has {up.shape[0]} entries for {n} inputs")
     wrong = (logits.argmax(1).cpu() != ref) if labels is not None else torch.zeros(n, dtype=torch.bool)
-    kw: dict[str, Any] = {"alpha_steps": alpha_steps, "alpha_lr": alpha_lr, "alpha_intermediate": alpha_intermediate, "dtype": dtype}
+    kw: dict[str, Any] = {"alpha_steps": alpha_steps, "alpha_lr": alpha_lr, "alpha_intermediate": alpha_intermediate, "dtype": dtype,
+                          "intermediate": intermediate}
     if max_elements is not None:
         kw["max_elements"] = max_elements
     keep = (~wrong).nonzero().squeeze(1)
@@ -138,6 +142,7 @@ def certify(
         seconds=torch.full((n,), total / max(n, 1), dtype=torch.float64), evaluations=evals, method=m, norm=p,
         labels=ref, total_seconds=total,
         settings={"method": m, "rtol": rtol, "alpha_steps": alpha_steps, "alpha_lr": alpha_lr,
-                  "alpha_intermediate": alpha_intermediate, "bounds": bounds, **({"time_limit": time_limit} if bab else {}),
+                  "alpha_intermediate": alpha_intermediate, "intermediate": intermediate, "bounds": bounds,
+                  **({"time_limit": time_limit} if bab else {}),
                   "dtype": str(dtype).replace("torch.", ""), "torch": torch.__version__},
     )

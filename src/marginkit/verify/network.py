@@ -14,7 +14,7 @@ MaxPool2d, Dropout and Identity into that form:
   intersects with) relu(b) and relu(-b) are stable and cost neither relaxation nor binaries;
 - a ReLU first (on the input) or last (on the logits) gets an identity affine layer on its other side.
 
-Every op has ``forward`` (affine, with bias) and ``transpose`` (the linear part transposed: the
+Every op has ``forward`` (affine, with bias), ``linear`` (without the bias) and ``transpose`` (the linear part transposed: the
 vector-Jacobian product used by backward bound propagation), batched over a leading dimension.
 """
 
@@ -53,6 +53,9 @@ class _Op:
     def forward(self, x: Tensor) -> Tensor:  # (N, *in) -> (N, *out)
         raise NotImplementedError
 
+    def linear(self, x: Tensor) -> Tensor:  # the linear part W x (no bias); ops without a bias override nothing
+        return self.forward(x)
+
     def transpose(self, y: Tensor) -> Tensor:  # (K, *out) -> (K, *in), linear part only
         raise NotImplementedError
 
@@ -83,6 +86,9 @@ class LinearOp(_Op):
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, _cast(self.weight, x), _cast(self.bias, x))
 
+    def linear(self, x: Tensor) -> Tensor:
+        return F.linear(x, _cast(self.weight, x))
+
     def transpose(self, y: Tensor) -> Tensor:
         return y @ _cast(self.weight, y)
 
@@ -106,6 +112,9 @@ class ConvOp(_Op):
 
     def forward(self, x: Tensor) -> Tensor:
         return F.conv2d(x, _cast(self.weight, x), _cast(self.bias, x), self.stride, self.padding, self.dilation, self.groups)
+
+    def linear(self, x: Tensor) -> Tensor:
+        return F.conv2d(x, _cast(self.weight, x), None, self.stride, self.padding, self.dilation, self.groups)
 
     def transpose(self, y: Tensor) -> Tensor:
         k = self.weight.shape[-2:]
@@ -139,6 +148,9 @@ class ScaleShiftOp(_Op):
 
     def forward(self, x: Tensor) -> Tensor:
         return x * self._view(self.scale, x) + self._view(self.shift, x)
+
+    def linear(self, x: Tensor) -> Tensor:
+        return x * self._view(self.scale, x)
 
     def transpose(self, y: Tensor) -> Tensor:
         return y * self._view(self.scale, y)
@@ -279,6 +291,18 @@ class Affine:
         for op in reversed(self.ops):
             y = op.transpose(y)
         return y
+
+    def linear_bounds(self, mid: Tensor, rad: Tensor) -> tuple[Tensor, Tensor]:
+        """Linear part of the centre/radius form of interval arithmetic, (N, *in_shape) -> (N, *out_shape).
+
+        For any vectors l <= u with m = (u + l) / 2, r = (u - l) / 2: W+ l + W- u = W m - |W| r, and op by
+        op |W_k| ... |W_1| >= |W_k ... W_1| entrywise, so (W m - R, W m + R) with R the returned radius
+        bounds W v for every l <= v <= u. ``mid`` and ``rad`` may be linear functions (coefficient rows):
+        the identity is linear, which forward-mode bound propagation uses.
+        """
+        for op in self.ops:
+            mid, rad = op.linear(mid), op.forward_abs(rad)
+        return mid, rad
 
     def interval(self, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
         """Interval bounds of the output for inputs in [lower, upper] (N, *in_shape), op by op (IBP)."""

@@ -39,6 +39,21 @@ sound), so CROWN is never looser than IBP and alpha-CROWN never looser than CROW
   coordinates whose descent direction leaves the box at once (a_k > 0 with x_k = lo, a_k < 0 with
   x_k = hi: MNIST-like inputs sit on the box for most pixels).
 
+**Intermediate layers** (``intermediate``): CROWN bounds each unstable neuron of a ReLU layer by one
+backward pass. "dense" carries each pass as a full-width row through the transposed layers. On
+convolutional networks a neuron depends on a small window of each layer below (its receptive field), so
+"sparse" carries the row only over that window, the idea of auto_LiRPA's "patches" mode applied to
+any sparse layer: each layer's nonzero weights are read once into a fan-in table (out, F) (the product
+of its ops' sparse matrices), the receptive fields of a chunk of neurons are found by pushing index sets
+down the tables (a window read by several output channels is computed once), and the pass gathers the
+weights and scatter-adds into the window below. Same sums as the dense pass, in another order. "auto"
+uses it for a layer when a row over the receptive fields costs less than a full-width row (a dense
+layer above a convolution sees everything, so it stays dense), and only on networks with a convolution
+or pooling below the last layer. "forward" (opt-in) bounds the intermediate layers by forward-mode
+linear bounds in x (cost proportional to the input dimension, looser than the backward passes after a
+few layers), with backward passes for a layer whose unstable neurons number at most ``backward_rows``
+per sample afterwards; every mode intersects with the interval bounds.
+
 Computation runs in float64 by default (``dtype``) on the network's device; samples and specification
 or neuron rows are processed in chunks of at most ``max_elements`` entries per (rows, width) tensor.
 """
@@ -47,6 +62,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -63,6 +79,7 @@ METHODS = ("ibp", "crown", "alpha-crown")
 
 _L2_DUAL_STEPS = 12
 _MAX_ELEMENTS = 2**23  # entries of one (rows, width) tensor in a chunk: 64 MiB in float64
+_BACKWARD_ROWS = 256  # forward mode: backward passes for a layer with at most this many unstable neurons left
 
 
 # --------------------------------------------------------------------------------------------------
@@ -149,6 +166,256 @@ def _concretize(a: Tensor, inp: _Input, tight: bool) -> Tensor:
     else:
         out = _masked_ball_bound(a, inp)
     return torch.maximum(out, _box_bound(a, inp.xl, inp.xu)) if boxed else out
+
+
+# --------------------------------------------------------------------------------------------------
+# receptive-field (sparse) backward passes for the intermediate layers
+# --------------------------------------------------------------------------------------------------
+
+
+def _op_matrix(op: object, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The linear part of one primitive op as a sparse COO matrix (out_features, in_features)."""
+    from .network import CombineOp, ConvOp, LinearOp, PairsOp, ReshapeOp, ScaleShiftOp
+
+    def coo(rows: Tensor, cols: Tensor, vals: Tensor, shape: tuple[int, int]) -> Tensor:
+        return torch.sparse_coo_tensor(torch.stack((rows, cols)), vals.to(dtype), shape, device=device, check_invariants=False)
+
+    if isinstance(op, LinearOp):
+        return op.weight.detach().to(dtype=dtype, device=device).to_sparse()
+    n_in, n_out = math.prod(op.in_shape), math.prod(op.out_shape)  # type: ignore[attr-defined]
+    if isinstance(op, ReshapeOp):
+        eye = torch.arange(n_in, device=device)
+        return coo(eye, eye, torch.ones(n_in, dtype=dtype, device=device), (n_out, n_in))
+    if isinstance(op, ScaleShiftOp):
+        eye = torch.arange(n_in, device=device)
+        scale = op.scale.to(dtype=dtype, device=device).repeat_interleave(n_in // op.scale.numel())
+        return coo(eye, eye, scale, (n_out, n_in))
+    if isinstance(op, PairsOp):
+        a, b = op.a.to(device), op.b.to(device)
+        q = torch.arange(a.numel(), device=device)
+        one = torch.ones(a.numel(), dtype=dtype, device=device)
+        return coo(torch.cat((3 * q, 3 * q, 3 * q + 1, 3 * q + 2)), torch.cat((a, b, b, b)), torch.cat((one, -one, one, -one)), (n_out, n_in))
+    if isinstance(op, CombineOp):
+        q = torch.arange(n_out, device=device)
+        one = torch.ones(n_out, dtype=dtype, device=device)
+        return coo(torch.cat((q, q, q)), torch.cat((3 * q, 3 * q + 1, 3 * q + 2)), torch.cat((one, one, -one)), (n_out, n_in))
+    if isinstance(op, ConvOp) and op.groups == 1:
+        # each output position reads one patch of the input: unfold the input's flat indices (+1, 0 = padding)
+        grid = (torch.arange(n_in, device=device, dtype=torch.float64) + 1).reshape(1, *op.in_shape)
+        patch = torch.nn.functional.unfold(grid, op.weight.shape[-2:], op.dilation, op.padding, op.stride)[0].long() - 1
+        c_out, positions = op.out_shape[0], patch.shape[1]
+        w = op.weight.detach().to(dtype=dtype, device=device).reshape(c_out, -1)  # (c_out, patch entries)
+        rows = (torch.arange(c_out, device=device)[:, None, None] * positions + torch.arange(positions, device=device)[None, None, :])
+        rows = rows.expand(c_out, patch.shape[0], positions)
+        cols = patch[None].expand_as(rows)
+        vals = w[:, :, None].expand_as(rows)
+        keep = cols >= 0
+        return coo(rows[keep], cols[keep], vals[keep], (n_out, n_in))
+    # any other op: its transpose applied to the unit vectors
+    dense = op.transpose(torch.eye(n_out, dtype=dtype, device=device).reshape(n_out, *op.out_shape))  # type: ignore[attr-defined]
+    return dense.reshape(n_out, n_in).to_sparse()
+
+
+@functools.lru_cache(maxsize=32)
+def _fan_in(layer: Affine, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Each output's nonzero weights: ``idx`` (out + 1, F) input indices and ``w`` (out + 1, F) weights.
+
+    The layer's matrix is the product of its ops' sparse matrices. Padding entries (and the extra last
+    row, the image of the padding index ``out``) point at the dummy input index ``in_features``, weight 0.
+    """
+    n_out, n_in = layer.out_features, layer.in_features
+    if not layer.ops:
+        mat = torch.sparse_coo_tensor(torch.arange(n_in, device=device).repeat(2, 1), torch.ones(n_in, dtype=dtype, device=device),
+                                      (n_out, n_in), check_invariants=False)
+    else:
+        mat = _op_matrix(layer.ops[0], dtype, device)
+        with warnings.catch_warnings():  # torch labels its sparse products beta
+            warnings.simplefilter("ignore", UserWarning)
+            for op in layer.ops[1:]:
+                mat = torch.sparse.mm(_op_matrix(op, dtype, device), mat)
+    mat = mat.coalesce()
+    row, col = mat.indices()
+    val = mat.values()
+    keep = val != 0
+    row, col, val = row[keep], col[keep], val[keep]
+    count = torch.bincount(row, minlength=n_out)
+    rank = torch.arange(row.shape[0], device=device) - (count.cumsum(0) - count)[row]
+    f = max(1, int(count.max()) if count.numel() else 1)
+    idx = torch.full((n_out + 1, f), n_in, dtype=torch.long, device=device)
+    w = torch.zeros((n_out + 1, f), dtype=dtype, device=device)
+    idx[row, rank] = col
+    w[row, rank] = val
+    return idx, w
+
+
+def _is_sparse(net: ReluNetwork) -> bool:
+    """Whether a layer below the last is convolutional or pooling (its outputs see few of its inputs)."""
+    from .network import AvgPoolOp, ConvOp, PairsOp
+
+    return any(isinstance(op, (ConvOp, PairsOp, AvgPoolOp)) for layer in net.layers[:-1] for op in layer.ops)
+
+
+@dataclass(frozen=True)
+class _Support:
+    """Receptive fields of a set of neurons of layer j, per lower layer i (j-1 ... 0, then the input).
+
+    Receptive fields repeat (a convolution reads the same window for every output channel), so each
+    level keeps its distinct ones: ``pos[s]`` (u_s, m_s) sorted flat indices (padding: the layer width);
+    ``parent[s]`` (u_{s-1},) the field at level s of each field one level up (level -1: the neurons);
+    ``slot[s]`` (u_{s-1}, m_{s-1} F) the column of ``pos[s]`` each (entry above, fan-in) lands in
+    (padding: m_s, a dummy column); ``w[s]`` (u_{s-1}, m_{s-1}, F) the weights. Step s = 0 is layer j-1,
+    the last step the input.
+    """
+
+    pos: list[Tensor]
+    parent: list[Tensor]
+    slot: list[Tensor]
+    w: list[Tensor]
+
+    def ids(self, neuron_ids: Tensor) -> list[Tensor]:
+        """Per step, the field index of each entry of ``neuron_ids`` (indices into the support's neurons)."""
+        out = []
+        cur = neuron_ids
+        for parent in self.parent:
+            out.append(cur)  # the index into slot/w of this step (the field one level up)
+            cur = parent[cur]
+        return out + [cur]
+
+
+def _support(net: ReluNetwork, j: int, neurons: Tensor, dtype: torch.dtype, limit: float = math.inf) -> _Support | None:
+    """None once the cost of a row (the sum of m_{s-1} F + m_s so far) exceeds ``limit``."""
+    pos: list[Tensor] = []
+    parents: list[Tensor] = []
+    slots: list[Tensor] = []
+    ws: list[Tensor] = []
+    cost = 0
+    cur = neurons[:, None]
+    for i in range(j - 1, -2, -1):
+        table_idx, table_w = _fan_in(net.layers[i + 1], dtype, neurons.device)
+        width = net.layers[i + 1].in_features  # the width of z_i (or of the input for i = -1)
+        u, m = cur.shape
+        cost += m * table_idx.shape[1]
+        if cost > limit:
+            return None
+        cand_all = table_idx[cur].reshape(u, -1)
+        # fields with the same input indices (one window, several output channels) share everything below
+        cand, cinv = torch.unique(cand_all, dim=0, return_inverse=True)
+        u = cand.shape[0]
+        # sort each field's inputs; the running count of first occurrences is each input's column
+        srt, order = cand.sort(dim=1)
+        first = srt < width
+        first[:, 1:] &= srt[:, 1:] != srt[:, :-1]
+        rank = first.cumsum(1) - 1
+        size = max(1, int(first.sum(1).max()))
+        slot_sorted = torch.where(srt < width, rank, size)
+        nxt = torch.full((u, size + 1), width, dtype=torch.long, device=cand.device)
+        nxt.scatter_(1, torch.where(first, rank, size), srt)
+        nxt, parent = torch.unique(nxt[:, :size], dim=0, return_inverse=True)
+        slot = torch.empty_like(slot_sorted).scatter_(1, order, slot_sorted)
+        cost += size
+        pos.append(nxt)
+        parents.append(parent[cinv])
+        slots.append(slot[cinv])
+        ws.append(table_w[cur])
+        cur = nxt
+    return _Support(pos, parents, slots, ws)
+
+
+def _gather_rows(t: Tensor, pos: Tensor) -> Tensor:
+    """t (n, w) per-sample values, pos (n, R, m) indices in [0, w] (w: padding, read as 0) -> (n, R, m)."""
+    ext = torch.nn.functional.pad(t, (0, 1))
+    n, r, m = pos.shape
+    return ext.gather(1, pos.reshape(n, r * m)).reshape(n, r, m)
+
+
+def _sparse_backward(net: ReluNetwork, j: int, sel: Tensor, relax: Sequence[_Relax], biases: Sequence[Tensor], inp: _Input,
+                     tight: bool) -> Tensor:
+    """CROWN lower bounds of +z_j[sel] and -z_j[sel], (n, 2k): :func:`_backward` carried over receptive fields.
+
+    Row r of the backward matrix at layer i is nonzero only on the neurons z_j[sel_r] depends on, so it is
+    stored as (values, flat indices) over that support and pushed down through each layer's fan-in table
+    (gather the weights, scatter-add into the support below): the same sums as the dense pass, in
+    another order, at a cost proportional to the receptive field rather than the layer width.
+    """
+    n, k = sel.shape
+    neurons, inv = torch.unique(sel, return_inverse=True)
+    sup = _support(net, j, neurons, inp.x.dtype)
+    assert sup is not None
+    ids = sup.ids(torch.cat((inv, inv), dim=1))  # (n, 2k) per step: the rows +e and -e
+    dt = inp.x.dtype
+    a = torch.cat((torch.ones((n, k, 1), dtype=dt, device=sel.device), -torch.ones((n, k, 1), dtype=dt, device=sel.device)), 1)
+    const = a[..., 0] * biases[j].gather(0, sel.reshape(-1)).reshape(n, k).repeat(1, 2)
+    for step, i in enumerate(range(j - 1, -2, -1)):
+        w = sup.w[step][ids[step]]  # (n, 2k, m_{s-1}, F)
+        contrib = (a[..., :w.shape[2], None] * w).reshape(n, 2 * k, -1)
+        size = sup.pos[step].shape[1]
+        a = torch.zeros((n, 2 * k, size + 1), dtype=dt, device=sel.device)
+        a.scatter_add_(2, sup.slot[step][ids[step]], contrib)
+        if i < 0:
+            break
+        p = sup.pos[step][ids[step + 1]]  # (n, 2k, m_s)
+        r = relax[i]
+        core = a[..., :size]
+        neg = core < 0
+        const = const + (torch.where(neg, core, 0.0) * _gather_rows(r.up_int, p)).sum(-1)
+        core = core * torch.where(neg, _gather_rows(r.up_slope, p), _gather_rows(r.alpha0, p))
+        const = const + (core * torch.nn.functional.pad(biases[i], (0, 1))[p]).sum(-1)
+        a = torch.nn.functional.pad(core, (0, 1))
+    d = net.layers[0].in_features
+    dense = torch.zeros((n, 2 * k, d + 1), dtype=dt, device=sel.device)
+    dense.scatter_add_(2, sup.pos[-1][ids[-1]], a[..., :sup.pos[-1].shape[1]])
+    return _concretize(dense[..., :d], inp, tight) + const
+
+
+# --------------------------------------------------------------------------------------------------
+# forward-mode linear bounds of the intermediate layers
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Linear:
+    """Linear bounds of one layer's pre-activations in the flat input x, as centre and radius functions.
+
+    ``mid``, ``rad`` (n, 1 + D, width): row 0 the constant, rows 1..D the coefficients of x, so that
+    mid(x) - rad(x) <= z(x) <= mid(x) + rad(x) for every x in S.
+    """
+
+    mid: Tensor
+    rad: Tensor
+
+    @staticmethod
+    def first(net: ReluNetwork, inp: _Input, bias: Tensor) -> "_Linear":
+        """z_1 = W_1 x + b_1 exactly: the coefficients are the linear part applied to the unit vectors."""
+        layer = net.layers[0]
+        d = layer.in_features
+        eye = torch.eye(d, dtype=inp.x.dtype, device=inp.x.device).reshape(d, *layer.in_shape)
+        coef = layer.linear_bounds(eye, torch.zeros_like(eye))[0].reshape(d, -1)
+        mid = torch.cat((bias[None], coef))[None].expand(inp.x.shape[0], -1, -1)
+        return _Linear(mid, torch.zeros_like(mid))
+
+    def relu(self, r: "_Relax") -> "_Linear":
+        """Through relu: alpha lower(z) <= relu(z) <= s upper(z) + t (alpha, s >= 0, the CROWN lines)."""
+        alpha, s = r.alpha0[:, None], r.up_slope[:, None]
+        lo = alpha * (self.mid - self.rad)
+        up = s * (self.mid + self.rad)
+        up[:, 0] += r.up_int
+        return _Linear((up + lo) / 2, (up - lo) / 2)
+
+    def through(self, layer: Affine, bias: Tensor) -> "_Linear":
+        n, rows = self.mid.shape[:2]
+        mid, rad = layer.linear_bounds(self.mid.reshape(n * rows, *layer.in_shape), self.rad.reshape(n * rows, *layer.in_shape))
+        mid, rad = mid.reshape(n, rows, -1), rad.reshape(n, rows, -1)
+        mid[:, 0] += bias
+        return _Linear(mid, rad)
+
+    def concretize(self, inp: _Input) -> tuple[Tensor, Tensor]:
+        """Lower and upper bounds over S, (n, width) each (the intermediate concretisation of the module docstring)."""
+        lo = self.mid - self.rad
+        lower = _concretize(lo[:, 1:].transpose(1, 2), inp, False) + lo[:, 0]
+        del lo
+        up = self.mid + self.rad
+        upper = up[:, 0] - _concretize(-up[:, 1:].transpose(1, 2), inp, False)
+        return lower, upper
 
 
 # --------------------------------------------------------------------------------------------------
@@ -260,25 +527,39 @@ def _unstable_rows(mask: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _crown_layer(net: ReluNetwork, j: int, ibp: tuple[Tensor, Tensor], relax: Sequence[_Relax], biases: Sequence[Tensor],
-                 inp: _Input, max_elements: int, tight: bool = False, alpha_steps: int = 0, alpha_lr: float = 0.1
-                 ) -> tuple[Tensor, Tensor]:
+                 inp: _Input, max_elements: int, tight: bool = False, alpha_steps: int = 0, alpha_lr: float = 0.1,
+                 sparse: str = "off") -> tuple[Tensor, Tensor]:
     lower, upper = ibp[0].clone(), ibp[1].clone()
     mask = (lower < 0) & (upper > 0)
     idx, valid = _unstable_rows(mask)
     n, width = lower.shape
     if idx.shape[1] == 0:
         return lower, upper
-    widest = max([width] + [lay.out_features for lay in net.layers[:j]] + [net.layers[0].in_features])
-    per = max(1, max_elements // (n * widest * 2))
+    use_sparse = sparse != "off" and alpha_steps == 0
+    if use_sparse:  # the widest receptive field of a spread of unstable neurons sets the chunk
+        # receptive fields about as wide as the layers (a dense layer above a convolution): the dense pass is cheaper
+        dense_cost = sum(lay.out_features for lay in net.layers[:j]) + net.layers[0].in_features
+        probe = _support(net, j, torch.unique(idx[:, :: max(1, idx.shape[1] // 16)]), lower.dtype,
+                         dense_cost if sparse == "auto" else math.inf)
+        use_sparse = probe is not None
+        if probe is not None:
+            row_cost = sum(w.shape[1] * w.shape[2] + p.shape[1] for w, p in zip(probe.w, probe.pos)) + net.layers[0].in_features
+            per = max(1, max_elements // (n * row_cost * 2))
+    if not use_sparse:
+        widest = max([width] + [lay.out_features for lay in net.layers[:j]] + [net.layers[0].in_features])
+        per = max(1, max_elements // (n * widest * 2))
     for s in range(0, idx.shape[1], per):
         sel, ok = idx[:, s:s + per], valid[:, s:s + per]
         k = sel.shape[1]
-        rows = torch.zeros((n, k, width), dtype=lower.dtype, device=lower.device)
-        rows.scatter_(2, sel[..., None], ok[..., None].to(lower.dtype))
-        signed = torch.cat((rows, -rows), dim=1)
-        both = _backward(net, j, signed, relax, biases, inp, tight=tight)
-        if alpha_steps > 0:
-            both = _optimise_slopes(net, j, signed, relax, biases, inp, both, alpha_steps, alpha_lr, tight)
+        if use_sparse:
+            both = _sparse_backward(net, j, sel, relax, biases, inp, tight)
+        else:
+            rows = torch.zeros((n, k, width), dtype=lower.dtype, device=lower.device)
+            rows.scatter_(2, sel[..., None], ok[..., None].to(lower.dtype))
+            signed = torch.cat((rows, -rows), dim=1)
+            both = _backward(net, j, signed, relax, biases, inp, tight=tight)
+            if alpha_steps > 0:
+                both = _optimise_slopes(net, j, signed, relax, biases, inp, both, alpha_steps, alpha_lr, tight)
         lo_k, hi_k = both[:, :k], -both[:, k:]
         cur_lo, cur_hi = lower.gather(1, sel), upper.gather(1, sel)
         lower.scatter_(1, sel, torch.where(ok, torch.maximum(cur_lo, lo_k), cur_lo))
@@ -287,21 +568,42 @@ def _crown_layer(net: ReluNetwork, j: int, ibp: tuple[Tensor, Tensor], relax: Se
 
 
 def _intermediate(net: ReluNetwork, inp: _Input, method: str, max_elements: int, biases: Sequence[Tensor],
-                  tight_intermediate: bool = False, alpha_steps: int = 0, alpha_lr: float = 0.1
+                  tight_intermediate: bool = False, alpha_steps: int = 0, alpha_lr: float = 0.1,
+                  intermediate: str = "dense", backward_rows: int = 0
                   ) -> tuple[list[tuple[Tensor, Tensor]], list[_Relax]]:
     bounds: list[tuple[Tensor, Tensor]] = []
     relax: list[_Relax] = []
+    forward = method != "ibp" and intermediate == "forward" and len(net.layers) > 2
+    lin: _Linear | None = _Linear.first(net, inp, biases[0]) if forward else None
     for j in range(len(net.layers) - 1):
         if j == 0:
             lo, hi = _first_layer(net, inp, max_elements)
         else:
             lo, hi = _interval_next(net, j, *bounds[-1])
-            if method != "ibp":
+            if lin is not None:
+                lin = lin.relu(relax[-1]).through(net.layers[j], biases[j])
+                flo, fhi = lin.concretize(inp)
+                lo, hi = torch.maximum(lo, flo), torch.minimum(hi, fhi)
+                if j == len(net.layers) - 2:
+                    lin = None  # the last ReLU layer: nothing is propagated further
+            if method != "ibp" and (not forward or int(((lo < 0) & (hi > 0)).sum(1).max()) <= backward_rows):
                 lo, hi = _crown_layer(net, j, (lo, hi), relax, biases, inp, max_elements, tight_intermediate,
-                                      alpha_steps if method == "alpha-crown" else 0, alpha_lr)
+                                      alpha_steps if method == "alpha-crown" else 0, alpha_lr,
+                                      sparse={"dense": "off", "sparse": "on"}.get(intermediate, "auto"))
         bounds.append((lo, hi))
         relax.append(_Relax.of(lo, hi))
     return bounds, relax
+
+
+def _resolve_intermediate(net: ReluNetwork, intermediate: str) -> str:
+    """"auto" stays "auto" (per layer, receptive-field passes where they are cheaper) when a layer below the
+    last is convolutional or pooling, and becomes "dense" otherwise."""
+    mode = intermediate.lower()
+    if mode not in ("auto", "dense", "sparse", "forward"):
+        raise ValueError(f"unknown intermediate mode {intermediate!r}: choose auto, dense, sparse or forward")
+    if mode == "auto":
+        return "auto" if _is_sparse(net) else "dense"
+    return mode
 
 
 def _ibp_spec(net: ReluNetwork, c: Tensor, bounds: Sequence[tuple[Tensor, Tensor]], inp: _Input, biases: Sequence[Tensor]) -> Tensor:
@@ -391,17 +693,27 @@ def _check_method(method: str) -> str:
     return m
 
 
-def _sample_chunk(net: ReluNetwork, rows: int, max_elements: int) -> int:
+def _sample_chunk(net: ReluNetwork, rows: int, max_elements: int, intermediate: str = "auto") -> int:
     total = sum(net.widths) + net.layers[0].in_features
-    return max(1, max_elements // max(1, 4 * rows * total))
+    step = max(1, max_elements // max(1, 4 * rows * total))
+    if intermediate == "forward":  # about six (1 + D, width) tensors per sample live at once
+        widest = max([net.layers[0].in_features] + [lay.out_features for lay in net.layers])
+        step = min(step, max(1, max_elements // (6 * (net.layers[0].in_features + 1) * widest)))
+    return step
 
 
 def compute_bounds(net: ReluNetwork, inp: _Input, c: Tensor | None, method: str, *, alpha_steps: int = 40, alpha_lr: float = 0.1,
-                   alpha_intermediate: int = 0, stop_when_certified: bool = False, max_elements: int = _MAX_ELEMENTS) -> Bounds:
-    """Bounds of one chunk of samples (see :func:`spec_lower_bounds`); ``c`` None: pre-activations only."""
+                   alpha_intermediate: int = 0, stop_when_certified: bool = False, max_elements: int = _MAX_ELEMENTS,
+                   intermediate: str = "auto", backward_rows: int = _BACKWARD_ROWS) -> Bounds:
+    """Bounds of one chunk of samples (see :func:`spec_lower_bounds`); ``c`` None: pre-activations only.
+
+    The whole chunk is processed at once: in forward mode its memory grows with (1 + D) x width per sample.
+    """
+    mode = _resolve_intermediate(net, intermediate)
     with torch.no_grad():
         biases = _biases(net, inp.x.dtype, inp.x.device)
-        preact, relax = _intermediate(net, inp, method, max_elements, biases, False, alpha_intermediate, alpha_lr)
+        preact, relax = _intermediate(net, inp, method, max_elements, biases, False, alpha_intermediate, alpha_lr,
+                                      mode, backward_rows)
         if c is None:
             return Bounds(None, preact)
         spec = _ibp_spec(net, c, preact, inp, biases)
@@ -414,18 +726,21 @@ def compute_bounds(net: ReluNetwork, inp: _Input, c: Tensor | None, method: str,
 
 def preactivation_bounds(net: ReluNetwork, x: Tensor, eps: Tensor | float, norm: Norm | str, *,
                          bounds: tuple[float, float] | None = (0.0, 1.0), method: str = "crown",
-                         dtype: torch.dtype = torch.float64, max_elements: int = _MAX_ELEMENTS) -> list[tuple[Tensor, Tensor]]:
+                         dtype: torch.dtype = torch.float64, max_elements: int = _MAX_ELEMENTS, intermediate: str = "auto",
+                         backward_rows: int = _BACKWARD_ROWS) -> list[tuple[Tensor, Tensor]]:
     """Sound bounds of every ReLU layer's pre-activations over B_p(x, eps) ∩ box, per layer (lower, upper) (N, width).
 
     ``eps`` a float or (N,) per-sample radii; ``bounds`` the input box (None: no box); ``method`` "ibp" or
     "crown" ("alpha-crown" gives CROWN's intermediate bounds: its slopes are optimised for the
-    specification only). Flattened widths, in ``dtype`` on the network's device.
+    specification only). Flattened widths, in ``dtype`` on the network's device. ``intermediate`` and
+    ``backward_rows``: see :func:`spec_lower_bounds`.
     """
     m = _check_method(method)
     inp = _prepare(net, x, eps, norm, bounds, dtype)
     n = inp.x.shape[0]
-    step = _sample_chunk(net, 1, max_elements * 8)
-    parts = [compute_bounds(net, inp.subset(slice(s, s + step)), None, m, max_elements=max_elements).preact
+    step = _sample_chunk(net, 1, max_elements * 8, _resolve_intermediate(net, intermediate))
+    parts = [compute_bounds(net, inp.subset(slice(s, s + step)), None, m, max_elements=max_elements, intermediate=intermediate,
+                            backward_rows=backward_rows).preact
              for s in range(0, n, step)]
     return [(torch.cat([p[i][0] for p in parts]), torch.cat([p[i][1] for p in parts])) for i in range(len(net.layers) - 1)]
 
@@ -433,7 +748,8 @@ def preactivation_bounds(net: ReluNetwork, x: Tensor, eps: Tensor | float, norm:
 def spec_lower_bounds(net: ReluNetwork, x: Tensor, ref: Tensor, eps: Tensor | float, norm: Norm | str, *,
                       method: str = "crown", bounds: tuple[float, float] | None = (0.0, 1.0), alpha_steps: int = 40,
                       alpha_lr: float = 0.1, alpha_intermediate: int = 0, stop_when_certified: bool = False,
-                      dtype: torch.dtype = torch.float64, max_elements: int = _MAX_ELEMENTS) -> Tensor:
+                      dtype: torch.dtype = torch.float64, max_elements: int = _MAX_ELEMENTS, intermediate: str = "auto",
+                      backward_rows: int = _BACKWARD_ROWS) -> Tensor:
     """Certified lower bounds of f^ref - f^j over B_p(x, eps) ∩ box for every j != ref, shape (N, C-1).
 
     The rows follow :func:`marginkit.margins.gap.specification_matrix` (classes in increasing order,
@@ -441,6 +757,12 @@ def spec_lower_bounds(net: ReluNetwork, x: Tensor, ref: Tensor, eps: Tensor | fl
     ``method``: "ibp", "crown" or "alpha-crown" (``alpha_steps`` Adam steps of size ``alpha_lr``,
     ``alpha_intermediate`` steps for the intermediate bounds;
     ``stop_when_certified`` stops once every row of the chunk is positive, as the radius search needs).
+    ``intermediate``: how CROWN bounds the pre-activations of the ReLU layers after the first (module
+    docstring, *Intermediate layers*): "dense" (one full-width backward pass per unstable neuron),
+    "sparse" (the same passes over receptive fields only: the same bounds up to float rounding),
+    "auto" (sparse per layer where cheaper, on networks with a convolution or pooling; dense otherwise)
+    or "forward" (forward-mode linear bounds, plus backward passes for a layer whose unstable neurons,
+    after the forward bounds, number at most ``backward_rows`` per sample: cheaper, looser).
     """
     m = _check_method(method)
     inp = _prepare(net, x, eps, norm, bounds, dtype)
@@ -449,8 +771,9 @@ def spec_lower_bounds(net: ReluNetwork, x: Tensor, ref: Tensor, eps: Tensor | fl
     if ref.shape[0] != n:
         raise ValueError(f"ref has {ref.shape[0]} entries for {n} inputs")
     c = specification_matrix(ref, net.num_classes, dtype=dtype)
-    step = _sample_chunk(net, c.shape[1], max_elements * 8)
+    step = _sample_chunk(net, c.shape[1], max_elements * 8, _resolve_intermediate(net, intermediate))
     out = [compute_bounds(net, inp.subset(slice(s, s + step)), c[s:s + step], m, alpha_steps=alpha_steps, alpha_lr=alpha_lr,
-                          alpha_intermediate=alpha_intermediate, stop_when_certified=stop_when_certified, max_elements=max_elements).spec
+                          alpha_intermediate=alpha_intermediate, stop_when_certified=stop_when_certified, max_elements=max_elements,
+                          intermediate=intermediate, backward_rows=backward_rows).spec
            for s in range(0, n, step)]
     return torch.cat([o for o in out if o is not None]) if out else torch.zeros((0, net.num_classes - 1), dtype=dtype)
