@@ -402,7 +402,8 @@ def descent_batched(geo, u: np.ndarray, v: np.ndarray, *, max_iter: int, dual_to
     relu = [st.relu for st in chain.stages]
     nst = len(relu)
     last = nst - 1
-    mats = [(torch.from_numpy(L), torch.from_numpy(k)) for L, k in geo.mats]
+    # arrays shipped to a Ray worker arrive read-only; a copy keeps torch from aliasing them
+    mats = [(torch.as_tensor(np.array(L)), torch.as_tensor(np.array(k))) for L, k in geo.mats]
     L1 = torch.from_numpy(chain.stages[0].dense()[0])
     fr = None if geo.final_rows is None else torch.from_numpy(geo.final_rows)
     P = len(u)
