@@ -17,7 +17,8 @@ def _case():
     return feature_chain(model, "relu1", (5,)), x, y
 
 
-@pytest.mark.parametrize("config", [ExecutorConfig(executor="local"), "ray"])
+# Ray itself is covered by tests/parallel; the Ray variant here (about 8 s) runs with -m slow.
+@pytest.mark.parametrize("config", [ExecutorConfig(executor="local"), pytest.param("ray", marks=pytest.mark.slow)])
 def test_pair_budgets_over_an_executor_equal_the_single_search(config):
     if config == "ray":
         pytest.importorskip("ray")

@@ -35,6 +35,7 @@ def test_sharded_in_process_equals_single_process_and_resumes(tmp_path):
     _same(single, again)
 
 
+@pytest.mark.slow  # Ray start-up (about 10 s); tests/parallel keeps a Ray run in the default suite
 def test_two_local_ray_workers_equal_single_process(tmp_path):
     pytest.importorskip("ray")
     job = _job(tmp_path)
