@@ -8,6 +8,7 @@ all ``--pairs`` pairs (throughput). Single-threaded torch; wall and CPU seconds 
 the search itself (the layer's geometry, one SVD per call, is built once before the timing).
 
     python bench/bounds_batched.py --pairs 2000 --ref-pairs 60
+    python bench/bounds_batched.py --pairs 1000 --ref-pairs 40 --cvxpy-pairs 20   # also the cvxpy per-pair engine
     python bench/bounds_batched.py --models fcnn --layers relu1,relu2 --pairs 100 --ref-pairs 8   # FCNN 300-200
 
 Prints Markdown (copied into bench/bounds.md).
@@ -29,6 +30,8 @@ def main() -> None:
     ap.add_argument("--layers", default="relu1,relu2,relu3")
     ap.add_argument("--models", default="standard,pgd")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cvxpy-pairs", type=int, default=0,
+                    help="also time the per-pair engine through cvxpy (the engine when issue 17 was filed) on this many pairs")
     args = ap.parse_args()
 
     from marginkit.bounds import balanced_subset, feature_chain, find_collisions
@@ -50,8 +53,8 @@ def main() -> None:
     n_ref = min(args.ref_pairs, len(a))
     print(f"{len(a)} pairs (of {len(i)}), per-pair engine on the first {n_ref}\n")
     print("| model | layer | engine | pairs | wall s | CPU s | programs | Clarabel fallbacks | collisions / s (CPU) "
-          "| speed-up (CPU, same pairs) | max abs budget diff | same programs / status |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| speed-up (CPU, same pairs) | max abs budget diff | same programs / status | x cvxpy per-pair (CPU) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for mname in args.models.split(","):
         if mname == "fcnn":  # the paper's FCNN 300-200 (preset recipe "standard", cached by the presets)
             from marginkit.bounds.presets import ModelRecipe
@@ -74,16 +77,30 @@ def main() -> None:
                 return r, time.perf_counter() - w0, time.process_time() - c0
 
             ref, rw, rc = timed(n_ref, "per-pair")
+            n_cv = min(args.cvxpy_pairs, len(a))
+            cv_rate = None
+            if n_cv:
+                find_collisions(ch, a[:2], b[:2], engine="per-pair", direct=False)
+                w0, c0 = time.perf_counter(), time.process_time()
+                cvx = find_collisions(ch, a[:n_cv], b[:n_cv], engine="per-pair", direct=False)
+                cw, cc = time.perf_counter() - w0, time.process_time() - c0
+                cv_rate = n_cv / cc
+                cdiff = float(np.abs(cvx.budget - ref.budget[:n_cv]).max()) if n_cv <= n_ref else float("nan")
+                print(f"| {mname} | {layer} | per-pair, cvxpy | {n_cv} | {cw:.1f} | {cc:.1f} | {cvx.programs} | - | "
+                      f"{cv_rate:.1f} | {cv_rate / (n_ref / rc):.2f} | {cdiff:.1e} | - | 1 |")
             same, sw, sc = timed(n_ref, "batched")
             full, fw, fc = timed(len(a), "batched")
             diff = float(np.abs(same.budget - ref.budget).max())
             agree = np.mean((same.iterations == ref.iterations) & np.array([p == q for p, q in zip(same.status, ref.status)]))
-            print(f"| {mname} | {layer} | per-pair | {n_ref} | {rw:.1f} | {rc:.1f} | {ref.programs} | - | {n_ref / rc:.1f} | 1 | 0 | - |")
+            vs_cvx = (lambda rate: f"{rate / cv_rate:.0f}") if cv_rate else (lambda rate: "")
+            print(f"| {mname} | {layer} | per-pair | {n_ref} | {rw:.1f} | {rc:.1f} | {ref.programs} | - | {n_ref / rc:.1f} | 1 | 0 | - "
+                  f"| {vs_cvx(n_ref / rc)} |")
             print(f"| {mname} | {layer} | batched | {n_ref} | {sw:.2f} | {sc:.2f} | {same.programs} | "
-                  f"{same.settings['fallback_programs']} | {n_ref / sc:.1f} | {rc / sc:.1f} | {diff:.1e} | {100 * agree:.0f} % |")
+                  f"{same.settings['fallback_programs']} | {n_ref / sc:.1f} | {rc / sc:.1f} | {diff:.1e} | {100 * agree:.0f} % "
+                  f"| {vs_cvx(n_ref / sc)} |")
             print(f"| {mname} | {layer} | batched | {len(a)} | {fw:.1f} | {fc:.1f} | {full.programs} | "
                   f"{full.settings['fallback_programs']} | {len(a) / fc:.1f} | {(rc / n_ref) / (fc / len(a)):.1f} | "
-                  f"| |", flush=True)
+                  f"| | {vs_cvx(len(a) / fc)} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ pair searched, print the tables.
     python bench/bounds_presets.py fig2-first-linear fig11-cnn-first-conv --out runs/bounds/presets
     python bench/bounds_presets.py fig6-width --layers input,fc1
     python bench/bounds_presets.py fig3-layers-standard --quick
+    python bench/bounds_presets.py fig4-layers-pgd fig5-relu2-methods fig6-width --quick --workers 2
 
 Prints Markdown (cross-entropy and 0-1 bounds per model, layer and eps), the models' test accuracy and the
 share of pairs searched per layer.
@@ -29,6 +30,7 @@ def main() -> None:
     ap.add_argument("--no-settle", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--layers", default=None, help="comma-separated layers replacing the presets' own")
+    ap.add_argument("--workers", type=int, default=None, help="spread the pair searches over N local Ray workers")
     args = ap.parse_args()
 
     from marginkit.bounds.presets import get_preset
@@ -36,11 +38,16 @@ def main() -> None:
     from marginkit.report.bounds_plots import write_bounds_report
 
     torch.set_num_threads(1)
+    executor = None
+    if args.workers:
+        from marginkit.parallel import ExecutorConfig
+
+        executor = ExecutorConfig(workers=args.workers)
     for name in args.presets:
         p = get_preset(name)
         out = os.path.join(args.out, name + ("-quick" if args.quick else ""))
         t0 = time.perf_counter()
-        run = run_bounds_preset(name, out, quick=args.quick, settle=not args.no_settle, seed=args.seed,
+        run = run_bounds_preset(name, out, quick=args.quick, settle=not args.no_settle, seed=args.seed, executor=executor,
                                 neighbours=args.neighbours or None,
                                 layers=tuple(args.layers.split(",")) if args.layers else None)
         write_bounds_report(run, out)

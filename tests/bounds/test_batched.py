@@ -104,3 +104,53 @@ def test_engine_option_is_checked():
         find_collisions(ch, u, u + 0.5, engine="gpu")
     with pytest.raises(ValueError, match="batched"):
         find_collisions(ch, u, u + 0.5, engine="batched", bounds=(0.0, 1.0))
+
+
+def test_a_sign_row_pinned_by_the_equality_is_certified_with_a_capped_dual():
+    # min max(|bu|, |bv|)  s.t.  bu_1 + bv_1 = 2, bu_0 = 0.5 (feature equality);  bu_0 - 0.5 >= 0 is implied by
+    # the equality (zero on the whole feasible set), so its multiplier is unbounded: no analytic centre exists.
+    # Closed form: bu = (0.5, 0.9375), bv = (0, 1.0625), t = 1.0625 (both sides balanced).
+    f = lambda rows: torch.tensor([rows], dtype=torch.float64)  # noqa: E731
+    Eu, Ev, e = f([[0.0, 1.0], [1.0, 0.0]]), f([[0.0, -1.0], [0.0, 0.0]]), f([2.0, 0.5])
+    Gu, gu = f([[1.0, 0.0], [0.0, 1.0]]), f([-0.5, 5.0])
+    Gv, gv = f([[1.0, 0.0]]), f([5.0])
+    sol = solve_polytopes(Eu, Ev, e, torch.ones(1, 2, dtype=torch.bool), Gu, gu, Gv, gv)
+    assert bool(sol.ok[0])
+    np.testing.assert_allclose(sol.bu[0].numpy(), [0.5, 0.9375], atol=1e-9)
+    np.testing.assert_allclose(sol.bv[0].numpy(), [0.0, 1.0625], atol=1e-9)
+    assert abs(float(sol.t[0]) - 1.0625) <= 1e-9
+    z = float(sol.zu[0, 0])
+    # a finite positive multiplier (an interior point of the ray, as an interior-point solver reports one);
+    # the inactive rows' multipliers are zero
+    assert 0 < z < 10 and float(sol.zu[0, 1]) == 0 and float(sol.zv[0, 0]) == 0
+    strict = solve_polytopes(Eu, Ev, e, torch.ones(1, 2, dtype=torch.bool), Gu, gu, Gv, gv, strict=True)
+    assert not bool(strict.ok[0])  # not unique: the strict mode hands it to Clarabel
+
+
+def test_analytic_centre_of_a_half_line_is_capped():
+    nu = torch.tensor([[0.3, -0.2, 0.0]], dtype=torch.float64)
+    n = torch.tensor([[0.0, 1.0, 0.5]], dtype=torch.float64)  # rows 1, 2 grow with alpha: a half-line
+    sign = torch.tensor([[True, True, True]])
+    alpha, usable = BT._analytic_center(nu, n, sign, torch.tensor([1.0], dtype=torch.float64))
+    assert bool(usable[0])
+    val = nu + alpha[:, None] * n
+    assert (val[0, 1:] > 0).all() and float(val[0, 0]) == 0.3  # feasible, the fixed row untouched
+    # the cap: the largest moving multiplier at the feasible end (alpha = 0.2: 0.1) plus the unit
+    # (max(1, the fixed rows' 0.3) = 1), so every moving multiplier stays below 1.1
+    assert float(val[0, 1:].max()) < 1.1
+    # a bounded segment is not capped: its centre is the plain analytic centre (here the midpoint)
+    n2 = torch.tensor([[0.0, 1.0, -1.0]], dtype=torch.float64)
+    nu2 = torch.tensor([[0.3, 0.0, 1.0]], dtype=torch.float64)
+    alpha2, usable2 = BT._analytic_center(nu2, n2, sign, torch.tensor([1.0], dtype=torch.float64))
+    assert bool(usable2[0]) and abs(float(alpha2[0]) - 0.5) < 1e-9
+
+
+def test_dual_centre_of_an_unbounded_face_is_capped():
+    # two null directions; row 1 grows along both: the face is unbounded
+    nu0 = np.array([0.5, 0.0, 0.2, 0.1])
+    N = np.array([[0.0, 0.0], [1.0, 1.0], [1.0, -1.0], [0.0, 1.0]])
+    sign = np.array([True, True, True, True])
+    centre = BT._dual_center_np(nu0, N, sign, 1.0)
+    assert centre is not None
+    assert (centre > 0).all() and centre[0] == 0.5 and centre.max() < 10
+    assert BT._dual_center_np(np.array([-1.0, 0.0]), np.array([[0.0], [1.0]]), np.array([True, True]), 1.0) is None

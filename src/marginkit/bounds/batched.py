@@ -19,8 +19,14 @@ meet exactly instead of an interior-point solver per pair:
   tolerance (primal feasibility, multipliers >= 0, both norms equal to t where both weights are positive)
   AND its active rows are linearly independent (then the multipliers are unique). It is then THE optimum
   of the cone program, and nu_S / t are exactly the duals an interior-point solver reports for the sign
-  rows (section 3.2's flip rule reads them). Every other pair (degenerate vertex, no convergence) is solved
-  by Clarabel for that step, so the descent takes the same path as the per-pair engine.
+  rows (section 3.2's flip rule reads them);
+* with dependent active rows the optimum is still exact but its sign duals form a face; the solver takes
+  the face's analytic centre (what an interior-point method converges to). Where the face is unbounded (a
+  ReLU's sign row implied by the feature equality: the unit sits at zero on the whole feasible set, so its
+  multiplier can grow without limit, common on adversarially trained networks) the moving multipliers are
+  capped at the dual scale first. Such a multiplier is positive, as an interior-point solver reports it,
+  so the flip rule flips the pinned unit either way;
+* every other pair (no interior on its dual face, no convergence) is solved by Clarabel for that step.
 
 Every collision is still verified on the float64 network before its budget is used
 (:func:`~marginkit.bounds.collisions.verify_collisions`).
@@ -115,36 +121,62 @@ def _solve_active(Mu: torch.Tensor, Mv: torch.Tensor, r: torch.Tensor, mask: tor
     return bu, bv, nu, w, good, nullity, evec
 
 
-def _dual_center_np(nu0: np.ndarray, N: np.ndarray, sign: np.ndarray) -> np.ndarray | None:
-    """Several dependencies (nullity q >= 2, rare): the analytic centre of {nu0 + N alpha : sign rows >= 0}
-    by a phase-1 LP (HiGHS) and a damped Newton method on sum log of the moving sign rows; None when the
-    face has no interior on those rows or is unbounded (then the program goes to Clarabel)."""
+def _dual_center_np(nu0: np.ndarray, N: np.ndarray, sign: np.ndarray, unit: float) -> np.ndarray | None:
+    """Several dependencies (nullity q >= 2): the analytic centre of the optimal dual face
+    {nu0 + N alpha : sign rows >= 0} by a phase-1 LP (HiGHS) and a damped Newton method on sum log of the
+    moving sign rows. An unbounded face (a sign row implied by the others, at zero on the whole feasible set)
+    has no centre: its moving multipliers are capped at their smallest feasible values plus ``unit`` (the
+    dual scale) first. None when the face has no interior on the moving rows (then the program goes to
+    Clarabel)."""
     from scipy.optimize import linprog
 
     q = N.shape[1]
     moving = sign & (np.abs(N).max(1) > 1e-9)
     fixed = sign & ~moving
-    scale = max(1.0, float(np.abs(nu0).max()))
-    if (nu0[fixed] < -1e-9 * scale).any() or not moving.any():
-        return None if (nu0[fixed] < -1e-9 * scale).any() else nu0
+    unit = max(unit, float(np.abs(nu0[fixed]).max(initial=0.0)))
+    scale = max(1.0, float(np.abs(nu0).max()), unit)
+    if (nu0[fixed] < -1e-9 * scale).any():
+        return None
+    if not moving.any():
+        return nu0
     A, c0 = N[moving], nu0[moving]
-    # max s  s.t.  c0 + A alpha >= s, s <= scale, |alpha| <= 1e3 scale (bounded LP)
-    res = linprog(np.r_[np.zeros(q), -1.0], A_ub=np.c_[-A, np.ones(len(c0))], b_ub=c0,
-                  bounds=[(-1e3 * scale, 1e3 * scale)] * q + [(None, scale)], method="highs")
+    box = [(-1e3 * scale, 1e3 * scale)] * q
+    cap = np.inf
+    low = linprog(A.sum(0), A_ub=-A, b_ub=c0, bounds=box, method="highs")  # the face's lowest point
+    if low.status != 0:
+        return None
+    high = linprog(-A.sum(0), A_ub=-A, b_ub=c0, bounds=box, method="highs")
+    if high.status != 0 or np.abs(high.x).max() > 1e2 * scale:  # it ran into the box: a ray
+        cap = float((A @ low.x + c0).max()) + unit
+    upper = np.isfinite(cap)
+    # max s  s.t.  c0 + A alpha >= s (and cap - c0 - A alpha >= s), s <= scale
+    A_ub = np.c_[-A, np.ones(len(c0))]
+    b_ub = c0
+    if upper:
+        A_ub, b_ub = np.r_[A_ub, np.c_[A, np.ones(len(c0))]], np.r_[b_ub, cap - c0]
+    res = linprog(np.r_[np.zeros(q), -1.0], A_ub=A_ub, b_ub=b_ub, bounds=box + [(None, scale)], method="highs")
     if res.status != 0 or res.x[-1] <= 1e-9 * scale or np.abs(res.x[:q]).max() > 1e2 * scale:
         return None
     alpha = res.x[:q]
+
+    def inside(a: np.ndarray) -> bool:
+        val = c0 + A @ a
+        return bool((val > 0).all() and (not upper or (cap - val > 0).all()))
+
     for _ in range(60):
         val = c0 + A @ alpha
         g = -(A / val[:, None]).sum(0)
         H = (A.T * (1.0 / val ** 2)) @ A
+        if upper:
+            g = g + (A / (cap - val)[:, None]).sum(0)
+            H = H + (A.T * (1.0 / (cap - val) ** 2)) @ A
         try:
             step = np.linalg.solve(H + 1e-14 * np.trace(H) * np.eye(q), -g)
         except np.linalg.LinAlgError:
             return None
         dec = float(-g @ step)
         tstep = 1.0
-        while (c0 + A @ (alpha + tstep * step) <= 0).any():
+        while not inside(alpha + tstep * step):
             tstep *= 0.5
             if tstep < 1e-12:
                 return None
@@ -156,23 +188,41 @@ def _dual_center_np(nu0: np.ndarray, N: np.ndarray, sign: np.ndarray) -> np.ndar
     return nu0 + N @ alpha
 
 
-def _analytic_center(nu: torch.Tensor, n: torch.Tensor, sign: torch.Tensor, iters: int = 100):
+def _analytic_center(nu: torch.Tensor, n: torch.Tensor, sign: torch.Tensor, unit: torch.Tensor, iters: int = 100):
     """Multipliers of a rank-deficient active set: the optimal duals are nu + alpha n (one null vector n);
     the sign rows need nu + alpha n >= 0. An interior-point solver converges to the analytic centre of that
-    segment (max sum log of the sign rows that move with alpha); returns (alpha, usable) where usable says
-    the segment is non-empty and bounded."""
+    segment (max sum log of the sign rows that move with alpha). A half-line (the moving rows all grow the
+    same way: a sign row implied by the others, at zero on the whole feasible set, whose multiplier is
+    unbounded) is capped where its largest moving multiplier exceeds the smallest feasible one by ``unit``
+    (the dual scale, per pair), and the centre of the capped segment is taken. Returns (alpha, usable):
+    usable says the segment is non-empty."""
     moving = sign & (n.abs() > 1e-9)
     ratio = -nu / torch.where(moving, n, 1.0)
     inf = torch.tensor(float("inf"), dtype=nu.dtype)
     lo = torch.where(moving & (n > 0), ratio, -inf).amax(1)
     hi = torch.where(moving & (n < 0), ratio, inf).amin(1)
     fixed_ok = (torch.where(sign & ~moving, nu, 0.0) >= -1e-9 * nu.abs().amax(1, keepdim=True).clamp_min(1.0)).all(1)
-    usable = torch.isfinite(lo) & torch.isfinite(hi) & (lo <= hi) & fixed_ok
-    a, b = torch.where(usable, lo, 0.0), torch.where(usable, hi, 0.0)
+    any_moving = moving.any(1)
+    unit = torch.maximum(unit, torch.where(sign & ~moving, nu.abs(), 0.0).amax(1))
+    # half-lines: cap every moving multiplier at its largest value at the feasible end plus `unit`
+    ray_up = torch.isfinite(lo) & ~torch.isfinite(hi)
+    ray_dn = ~torch.isfinite(lo) & torch.isfinite(hi)
+    end = torch.where(ray_up, lo, torch.where(ray_dn, hi, 0.0))
+    cap = torch.where(moving, nu + end[:, None] * n, -inf).amax(1) + unit
+    ratio_cap = (cap[:, None] - nu) / torch.where(moving, n, 1.0)
+    hi = torch.where(ray_up, torch.where(moving & (n > 0), ratio_cap, inf).amin(1), hi)
+    lo = torch.where(ray_dn, torch.where(moving & (n < 0), ratio_cap, -inf).amax(1), lo)
+    capped = (ray_up | ray_dn)[:, None] & moving
+    usable = ((torch.isfinite(lo) & torch.isfinite(hi) & (lo <= hi)) | ~any_moving) & fixed_ok
+    a = torch.where(usable & any_moving, lo, 0.0)
+    b = torch.where(usable & any_moving, hi, 0.0)
+    any_capped = bool(capped.any())
     for _ in range(iters):
         mid = 0.5 * (a + b)
         val = nu + mid[:, None] * n
         grad = torch.where(moving, n / torch.where(moving, val, 1.0), 0.0).sum(1)
+        if any_capped:
+            grad = grad - torch.where(capped, n / torch.where(capped, cap[:, None] - val, 1.0), 0.0).sum(1)
         a, b = torch.where(grad > 0, mid, a), torch.where(grad > 0, b, mid)
     return 0.5 * (a + b), usable
 
@@ -259,12 +309,16 @@ def solve_polytopes(Eu: torch.Tensor, Ev: torch.Tensor, e: torch.Tensor, eq_keep
         r, m = torch.cat(rhs, 1), torch.cat(mask, 1)
         bu, bv, nu, w, good, nullity, evec = _solve_active(Mu, Mv, r, m)
         nvec = evec[:, :, 0]
+        # the dual scale that caps an unbounded dual face: t times the largest well-defined sign multiplier
+        # (at least 1, in the flip rule's units nu / t), so a capped multiplier neither hides nor inflates the
+        # rule's relative threshold
+        unit = torch.maximum(bu.norm(dim=1), bv.norm(dim=1))
         cond = good & (nullity == 0)
         one = good & (nullity == 1) & (n_act > 0)
         if one.any():  # one dependency (typically a unit at zero on both sides): the analytic-centre duals
             sign_rows = torch.zeros_like(m)
             sign_rows[:, k:] = m[:, k:]
-            alpha, usable = _analytic_center(nu[one], nvec[one], sign_rows[one])
+            alpha, usable = _analytic_center(nu[one], nvec[one], sign_rows[one], unit[one])
             nu_one = nu[one] + alpha[:, None] * nvec[one]
             nu[one] = torch.where(usable[:, None], nu_one, nu[one])
             sel = torch.nonzero(one).ravel()
@@ -273,7 +327,7 @@ def solve_polytopes(Eu: torch.Tensor, Ev: torch.Tensor, e: torch.Tensor, eq_keep
             q = int(nullity[p])
             sign_np = m[p].numpy().copy()
             sign_np[:k] = False
-            centre = _dual_center_np(nu[p].numpy(), evec[p, :, :q].numpy(), sign_np)
+            centre = _dual_center_np(nu[p].numpy(), evec[p, :, :q].numpy(), sign_np, float(unit[p]))
             if centre is not None:
                 nu[p] = torch.from_numpy(centre)
                 cond[p] = True
@@ -404,8 +458,8 @@ def descent_batched(geo, u: np.ndarray, v: np.ndarray, *, max_iter: int, dual_to
     last = nst - 1
     # arrays shipped to a Ray worker arrive read-only; a copy keeps torch from aliasing them
     mats = [(torch.as_tensor(np.array(L)), torch.as_tensor(np.array(k))) for L, k in geo.mats]
-    L1 = torch.from_numpy(chain.stages[0].dense()[0])
-    fr = None if geo.final_rows is None else torch.from_numpy(geo.final_rows)
+    L1 = torch.as_tensor(np.array(chain.stages[0].dense()[0]))
+    fr = None if geo.final_rows is None else torch.as_tensor(np.array(geo.final_rows))
     P = len(u)
     if chunk is None:  # pairs per lock-step batch: about 400 MB of float64 program data at most
         rows = sum(st.out_dim for st in chain.stages if st.relu) + chain.stages[-1].out_dim
