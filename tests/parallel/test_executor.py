@@ -27,6 +27,7 @@ from marginkit.parallel import (
     clear_worker_cache,
     executor_config,
     make_shards,
+    ray_session,
     run_many,
     run_shards,
     worker_cache_size,
@@ -211,6 +212,16 @@ def test_missing_ray_names_the_extra(tmp_path, monkeypatch):
     assert store.done == set()
 
 
+def test_ray_session_does_nothing_without_ray(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # no Ray at all: still fine, nothing is started
+    for cfg in (None, ExecutorConfig()):
+        with ray_session(cfg):
+            assert run_many([int], config=cfg, progress=False) == [0]
+    with pytest.raises(ImportError, match="marginkit.ray"):
+        with ray_session(ExecutorConfig(workers=2)):
+            pass
+
+
 def test_run_many_in_order_with_skips(tmp_path):
     saved: dict[int, int] = {3: 99}
     out = run_many([lambda k=k: k * k for k in range(5)], done=saved.get, on_result=saved.__setitem__, progress=False)
@@ -293,6 +304,32 @@ def test_ray_two_workers_equal_single_process(ray_cluster, tmp_path):
     loads = [f.split("-")[1] for f in os.listdir(marks) if f.startswith("load-")]
     assert sorted(set(loads)) == sorted(loads) and {int(p) for p in loads} <= pids  # each worker loaded once
     assert all(s.device == "cpu" and s.peak_rss_mib > 0 for s in report.stats)
+
+
+def test_ray_session_keeps_a_callers_cluster(ray_cluster):
+    with ray_session(ExecutorConfig(workers=2)):
+        first = run_many([lambda k=k: os.getpid() + 0 * k for k in range(4)], workers=2, progress=False)
+        second = run_many([lambda k=k: os.getpid() + 0 * k for k in range(4)], workers=2, progress=False)
+    assert ray_cluster.is_initialized()  # started by the caller: left running
+    assert os.getpid() not in first + second  # both calls ran on the caller's workers
+
+
+@pytest.mark.slow
+def test_ray_session_keeps_one_cluster_for_several_calls():
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized():
+        pytest.skip("a Ray cluster of another test is running")
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    try:
+        with ray_session(ExecutorConfig(workers=2)):
+            assert ray.is_initialized()
+            first = run_many([lambda k=k: os.getpid() + 0 * k for k in range(4)], workers=2, progress=False)
+            assert ray.is_initialized()  # the call did not shut the session's cluster down
+            second = run_many([lambda k=k: os.getpid() + 0 * k for k in range(4)], workers=2, progress=False)
+        assert not ray.is_initialized()
+        assert set(second) & set(first)  # the same worker processes served both calls
+    finally:
+        ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
 
 def test_ray_killed_worker_is_retried_without_duplicates(ray_cluster, tmp_path):

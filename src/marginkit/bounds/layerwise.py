@@ -24,6 +24,7 @@ from torch import nn
 from ..checks import check_inputs, check_labels
 from ..models.checkpoint import model_fingerprint
 from ..norms import as_norm
+from ..parallel import ray_session
 from ..results.jsonio import dumps
 from ..results.provenance import atomic_write_bytes
 from .budgets import injective_tail, pair_budgets
@@ -105,39 +106,40 @@ def layerwise_bounds(model: nn.Module, inputs: torch.Tensor, labels: torch.Tenso
         from tqdm.auto import tqdm
 
         it = tqdm(names, desc=f"layers ({model_name})")
-    for depth, name in enumerate(it):
-        ckpt = None
-        if checkpoint_dir is not None:
-            key = _layer_key(model, x, y, name, depth, norm.value, eps_grid, bounds, neighbours, max_pairs, solver,
-                             "settled-direct" if settle else "direct")
-            ckpt = os.path.join(checkpoint_dir, f"{model_name}-{depth:02d}-{name}-{key}.npz")
-        pb = _load_budgets(ckpt) if ckpt and os.path.exists(ckpt) else None
-        chain = feature_chain(model, name, input_shape)
-        tail = injective_tail(chain)
-        if pb is None and prior is not None and tail is not None and prev_chain is not None \
-                and len(tail.stages) == len(prev_chain.stages) and prev_chain.stages and prev_chain.stages[-1].relu:
-            # an affine layer of full column rank after the previous layer adds no collision: same budgets
-            info = {**prior.info, "layer": name, "method": "injective-reuse", "searched": 0, "programs": 0,
-                    "seconds": 0.0, "reused_from": prev_name}
-            for k in ("collisions_per_second", "search_seconds", "settled", "settled_first_relu", "improved",
-                      "statuses"):
-                info.pop(k, None)
-            pb = PairBudgets(prior.i, prior.j, prior.budget.copy(), prior.labels, info)
-        if pb is None:
-            pb = pair_budgets(chain, x, y, norm, eps_grid=eps_grid, bounds=bounds, prior=prior, neighbours=neighbours,
-                              max_pairs=max_pairs, solver=solver, progress=progress, settle=settle,
-                              executor=executor)
-            if ckpt:
-                _save_budgets(ckpt, pb)
-        t1 = time.perf_counter()
-        curves = bound_curves(pb, eps_grid, cross_entropy=cross_entropy, solver=solver)
-        for e, z, c, ne in zip(curves.eps, curves.zero_one, curves.cross_entropy, curves.edges):
-            rows.append({"model": model_name, "layer": name, "depth": depth, "eps": float(e), "zero_one": float(z),
-                         "cross_entropy": float(c), "edges": int(ne)})
-        stats.append({"model": model_name, **{k: v for k, v in pb.info.items() if k != "layer"}, "layer": name,
-                      "depth": depth, "bound_seconds": time.perf_counter() - t1})
-        budgets[name] = pb
-        prior, prev_chain, prev_name = pb, chain, name
+    with ray_session(executor):  # one cluster for every layer (a caller's session is kept)
+        for depth, name in enumerate(it):
+            ckpt = None
+            if checkpoint_dir is not None:
+                key = _layer_key(model, x, y, name, depth, norm.value, eps_grid, bounds, neighbours, max_pairs, solver,
+                                 "settled-direct" if settle else "direct")
+                ckpt = os.path.join(checkpoint_dir, f"{model_name}-{depth:02d}-{name}-{key}.npz")
+            pb = _load_budgets(ckpt) if ckpt and os.path.exists(ckpt) else None
+            chain = feature_chain(model, name, input_shape)
+            tail = injective_tail(chain)
+            if pb is None and prior is not None and tail is not None and prev_chain is not None \
+                    and len(tail.stages) == len(prev_chain.stages) and prev_chain.stages and prev_chain.stages[-1].relu:
+                # an affine layer of full column rank after the previous layer adds no collision: same budgets
+                info = {**prior.info, "layer": name, "method": "injective-reuse", "searched": 0, "programs": 0,
+                        "seconds": 0.0, "reused_from": prev_name}
+                for k in ("collisions_per_second", "search_seconds", "settled", "settled_first_relu", "improved",
+                          "statuses"):
+                    info.pop(k, None)
+                pb = PairBudgets(prior.i, prior.j, prior.budget.copy(), prior.labels, info)
+            if pb is None:
+                pb = pair_budgets(chain, x, y, norm, eps_grid=eps_grid, bounds=bounds, prior=prior, neighbours=neighbours,
+                                  max_pairs=max_pairs, solver=solver, progress=progress, settle=settle,
+                                  executor=executor)
+                if ckpt:
+                    _save_budgets(ckpt, pb)
+            t1 = time.perf_counter()
+            curves = bound_curves(pb, eps_grid, cross_entropy=cross_entropy, solver=solver)
+            for e, z, c, ne in zip(curves.eps, curves.zero_one, curves.cross_entropy, curves.edges):
+                rows.append({"model": model_name, "layer": name, "depth": depth, "eps": float(e), "zero_one": float(z),
+                             "cross_entropy": float(c), "edges": int(ne)})
+            stats.append({"model": model_name, **{k: v for k, v in pb.info.items() if k != "layer"}, "layer": name,
+                          "depth": depth, "bound_seconds": time.perf_counter() - t1})
+            budgets[name] = pb
+            prior, prev_chain, prev_name = pb, chain, name
     settings = {"norm": norm.value, "eps_grid": eps_grid, "bounds": bounds, "neighbours": neighbours,
                 "max_pairs": max_pairs, "solver": solver, "settle": settle, "points": int(len(x)),
                 "per_class": {int(c): int((y == c).sum()) for c in np.unique(y)}, "layers": names}
@@ -176,11 +178,12 @@ def compare_layerwise(models: Mapping[str, nn.Module], inputs: torch.Tensor, lab
     """:func:`layerwise_bounds` for several models (e.g. training methods) on the same points, one table."""
     t0 = time.perf_counter()
     rows, stats, budgets, settings = [], [], {}, {}
-    for name, model in models.items():
-        res = layerwise_bounds(model, inputs, labels, norm, eps_grid, model_name=name, **kwargs)
-        rows += res.rows
-        stats += res.layers
-        budgets.update({f"{name}/{k}": v for k, v in res.budgets.items()})
-        settings = res.settings
+    with ray_session(kwargs.get("executor")):  # one cluster for every model and layer
+        for name, model in models.items():
+            res = layerwise_bounds(model, inputs, labels, norm, eps_grid, model_name=name, **kwargs)
+            rows += res.rows
+            stats += res.layers
+            budgets.update({f"{name}/{k}": v for k, v in res.budgets.items()})
+            settings = res.settings
     settings = {**settings, "models": list(models)}
     return LayerwiseResult(rows, stats, settings, time.perf_counter() - t0, budgets)

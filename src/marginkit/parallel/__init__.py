@@ -9,7 +9,7 @@ whose worker died is retried without duplicating or losing rows. ``run_many`` ru
 """
 
 from .config import EXECUTORS, ExecutorConfig, executor_config
-from .executor import RAY_EXTRA, RunReport, ShardFailedError, import_ray, run_many, run_shards
+from .executor import RAY_EXTRA, RunReport, ShardFailedError, import_ray, ray_session, run_many, run_shards
 from .shards import DEFAULT_MAX_SHARD, Shard, make_shards
 from .worker import WorkerStats, clear_worker_cache, worker_cache_size, worker_cached, worker_device
 
@@ -26,6 +26,7 @@ __all__ = [
     "executor_config",
     "import_ray",
     "make_shards",
+    "ray_session",
     "run_many",
     "run_shards",
     "worker_cache_size",

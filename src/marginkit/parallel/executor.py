@@ -8,11 +8,13 @@ is an error, so no row is duplicated or lost. A rerun with the same store skips 
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import os
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -22,7 +24,7 @@ from .config import ExecutorConfig, executor_config
 from .shards import Shard
 from .worker import WorkerStats, call, execute
 
-__all__ = ["RAY_EXTRA", "RunReport", "ShardFailedError", "import_ray", "run_many", "run_shards"]
+__all__ = ["RAY_EXTRA", "RunReport", "ShardFailedError", "import_ray", "ray_session", "run_many", "run_shards"]
 
 RAY_EXTRA = 'pip install "marginkit[ray]"'
 
@@ -214,6 +216,20 @@ class _Ray(_Backend):
         if self.started:
             self.ray.shutdown()
             self.started = False
+
+
+@contextmanager
+def ray_session(config: ExecutorConfig | None) -> Iterator[None]:
+    """Keep one local Ray cluster up for several :func:`run_many` / :func:`run_shards` calls (each call
+    otherwise starts and stops its own: seconds of start-up and fresh worker imports every time). Starts
+    it when ``config`` asks for Ray and none runs in this process yet, and shuts it down on exit; with no
+    config, the in-process backend or a Ray started by the caller it does nothing."""
+    backend = _Ray(config) if config is not None and config.backend == "ray" else None
+    try:
+        yield
+    finally:
+        if backend is not None:
+            backend.close()
 
 
 def _backend(config: ExecutorConfig) -> _Backend:
