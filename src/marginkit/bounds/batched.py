@@ -121,43 +121,12 @@ def _solve_active(Mu: torch.Tensor, Mv: torch.Tensor, r: torch.Tensor, mask: tor
     return bu, bv, nu, w, good, nullity, evec
 
 
-def _dual_center_np(nu0: np.ndarray, N: np.ndarray, sign: np.ndarray, unit: float) -> np.ndarray | None:
-    """Several dependencies (nullity q >= 2): the analytic centre of the optimal dual face
-    {nu0 + N alpha : sign rows >= 0} by a phase-1 LP (HiGHS) and a damped Newton method on sum log of the
-    moving sign rows. An unbounded face (a sign row implied by the others, at zero on the whole feasible set)
-    has no centre: its moving multipliers are capped at their smallest feasible values plus ``unit`` (the
-    dual scale) first. None when the face has no interior on the moving rows (then the program goes to
-    Clarabel)."""
-    from scipy.optimize import linprog
-
-    q = N.shape[1]
-    moving = sign & (np.abs(N).max(1) > 1e-9)
-    fixed = sign & ~moving
-    unit = max(unit, float(np.abs(nu0[fixed]).max(initial=0.0)))
-    scale = max(1.0, float(np.abs(nu0).max()), unit)
-    if (nu0[fixed] < -1e-9 * scale).any():
-        return None
-    if not moving.any():
-        return nu0
-    A, c0 = N[moving], nu0[moving]
-    box = [(-1e3 * scale, 1e3 * scale)] * q
-    cap = np.inf
-    low = linprog(A.sum(0), A_ub=-A, b_ub=c0, bounds=box, method="highs")  # the face's lowest point
-    if low.status != 0:
-        return None
-    high = linprog(-A.sum(0), A_ub=-A, b_ub=c0, bounds=box, method="highs")
-    if high.status != 0 or np.abs(high.x).max() > 1e2 * scale:  # it ran into the box: a ray
-        cap = float((A @ low.x + c0).max()) + unit
+def _newton_centre(A: np.ndarray, c0: np.ndarray, alpha: np.ndarray, cap: float, limit: float) -> np.ndarray | None:
+    """Damped Newton method on -sum log(c0 + A alpha) (and -sum log(cap - c0 - A alpha) for a finite cap)
+    from a strictly interior ``alpha``; None when an iterate leaves the ball of radius ``limit`` (the
+    barrier has no minimum: an unbounded face) or a step fails."""
+    q = A.shape[1]
     upper = np.isfinite(cap)
-    # max s  s.t.  c0 + A alpha >= s (and cap - c0 - A alpha >= s), s <= scale
-    A_ub = np.c_[-A, np.ones(len(c0))]
-    b_ub = c0
-    if upper:
-        A_ub, b_ub = np.r_[A_ub, np.c_[A, np.ones(len(c0))]], np.r_[b_ub, cap - c0]
-    res = linprog(np.r_[np.zeros(q), -1.0], A_ub=A_ub, b_ub=b_ub, bounds=box + [(None, scale)], method="highs")
-    if res.status != 0 or res.x[-1] <= 1e-9 * scale or np.abs(res.x[:q]).max() > 1e2 * scale:
-        return None
-    alpha = res.x[:q]
 
     def inside(a: np.ndarray) -> bool:
         val = c0 + A @ a
@@ -181,10 +150,52 @@ def _dual_center_np(nu0: np.ndarray, N: np.ndarray, sign: np.ndarray, unit: floa
             if tstep < 1e-12:
                 return None
         alpha = alpha + tstep * step
+        if np.abs(alpha).max() > limit:
+            return None
         if dec < 1e-20:
             break
-    if np.abs(alpha).max() > 1e2 * scale:
+    return alpha
+
+
+def _dual_center_np(nu0: np.ndarray, N: np.ndarray, sign: np.ndarray, unit: float) -> np.ndarray | None:
+    """Several dependencies (nullity q >= 2): the analytic centre of the optimal dual face
+    {nu0 + N alpha : sign rows >= 0} by a phase-1 LP (HiGHS) and a damped Newton method on sum log of the
+    moving sign rows. An unbounded face (a sign row implied by the others, at zero on the whole feasible set;
+    the Newton iterates run away) has no centre: its moving multipliers are capped at the largest value of the
+    face's lowest point plus ``unit`` (the dual scale) and the capped face's centre is taken. None when the
+    face has no interior on the moving rows (then the program goes to Clarabel)."""
+    from scipy.optimize import linprog
+
+    q = N.shape[1]
+    moving = sign & (np.abs(N).max(1) > 1e-9)
+    fixed = sign & ~moving
+    unit = max(unit, float(np.abs(nu0[fixed]).max(initial=0.0)))
+    scale = max(1.0, float(np.abs(nu0).max()), unit)
+    if (nu0[fixed] < -1e-9 * scale).any():
         return None
+    if not moving.any():
+        return nu0
+    A, c0 = N[moving], nu0[moving]
+    box = [(-1e3 * scale, 1e3 * scale)] * q
+    # phase 1: max s  s.t.  c0 + A alpha >= s, s <= scale
+    res = linprog(np.r_[np.zeros(q), -1.0], A_ub=np.c_[-A, np.ones(len(c0))], b_ub=c0, bounds=box + [(None, scale)],
+                  method="highs")
+    if res.status != 0 or res.x[-1] <= 1e-9 * scale:
+        return None
+    a0 = res.x[:q]
+    # far out (the LP stopped at its box) or Newton running away: a ray
+    alpha = _newton_centre(A, c0, a0, np.inf, 1e2 * scale) if np.abs(a0).max() <= 1e2 * scale else None
+    if alpha is None:  # cap the multipliers above the face's lowest point
+        low = linprog(A.sum(0), A_ub=-A, b_ub=c0, bounds=box, method="highs")
+        if low.status != 0:
+            return None
+        v_low, v0 = c0 + A @ low.x, c0 + A @ a0
+        cap = float(v_low.max()) + unit
+        # a strictly interior start: between the lowest point and a0 (every multiplier > 0 there), below the cap
+        tau = min(1.0, 0.5 * unit / max(float((v0 - v_low).max()), 1e-300))
+        alpha = _newton_centre(A, c0, low.x + tau * (a0 - low.x), cap, 1e3 * scale)
+        if alpha is None:
+            return None
     return nu0 + N @ alpha
 
 
