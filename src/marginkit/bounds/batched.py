@@ -320,9 +320,9 @@ def solve_polytopes(Eu: torch.Tensor, Ev: torch.Tensor, e: torch.Tensor, eq_keep
         r, m = torch.cat(rhs, 1), torch.cat(mask, 1)
         bu, bv, nu, w, good, nullity, evec = _solve_active(Mu, Mv, r, m)
         nvec = evec[:, :, 0]
-        # the dual scale that caps an unbounded dual face: t times the largest well-defined sign multiplier
-        # (at least 1, in the flip rule's units nu / t), so a capped multiplier neither hides nor inflates the
-        # rule's relative threshold
+        # the dual scale that caps an unbounded dual face: t (a multiplier of 1 in the flip rule's units nu / t);
+        # the centring raises it to the largest fixed sign multiplier, so a capped multiplier neither hides
+        # nor inflates the rule's relative threshold
         unit = torch.maximum(bu.norm(dim=1), bv.norm(dim=1))
         cond = good & (nullity == 0)
         one = good & (nullity == 1) & (n_act > 0)

@@ -8,11 +8,10 @@ is an error, so no row is duplicated or lost. A rerun with the same store skips 
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import os
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
